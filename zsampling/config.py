@@ -1,0 +1,115 @@
+"""ZigzagConfig: the validated settings of one Z-Sampling run.
+
+Notation follows the paper and DESIGN.md: T steps, guidance g1 for the zig
+(and every ordinary step), inversion guidance g2 for the zag, zigzag window
+lambda (the steps that reflect), ``rounds`` reflections per window step
+(T_max in the paper's code). Guidance uses diffusers' convention
+``eps_u + g (eps_c - eps_u)`` for every g; the paper's w is g - 1.
+
+Every value is checked on construction, so a bad setting fails before any
+model is called.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+ZagOperator = Literal["official", "ddim"]
+ZagEvalTimestep = Literal["next", "current"]
+
+ZAG_OPERATORS: tuple[str, ...] = ("official", "ddim")
+ZAG_EVAL_TIMESTEPS: tuple[str, ...] = ("next", "current")
+
+
+@dataclass(frozen=True)
+class ZigzagConfig:
+    """Settings of a Z-Sampling run.
+
+    Args:
+        num_inference_steps: T, the number of DDIM steps (>= 1).
+        guidance_scale: g1, CFG scale of the zig and of every ordinary step.
+        inversion_guidance_scale: g2, CFG scale of the zag (0 = null-text
+            inversion, the paper's default).
+        zigzag_steps: the window lambda. An int reflects at steps
+            ``0 .. lambda-1`` (0 <= lambda <= T-1; None means T-1, the full
+            window); an iterable of step indices reflects exactly there
+            (each in 0 .. T-2: the last step has no t_{i+1} to zag from).
+        rounds: reflections per window step (>= 1).
+        zag: "official" reproduces the released code's operator (evaluated at
+            t_i, moved one schedule level off); "ddim" is the paper's exact
+            DDIM inversion from t_{i+1} back to t_i.
+        zag_eval_timestep: for ``zag="ddim"``, where the zag's network is
+            evaluated: "next" = t_{i+1} (textbook inversion) or "current" =
+            t_i (as the released code evaluates).
+    """
+
+    num_inference_steps: int = 50
+    guidance_scale: float = 5.5
+    inversion_guidance_scale: float = 0.0
+    zigzag_steps: int | Iterable[int] | None = None
+    rounds: int = 1
+    zag: ZagOperator = "official"
+    zag_eval_timestep: ZagEvalTimestep = "next"
+    window: frozenset[int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        steps = self.num_inference_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"num_inference_steps must be an integer >= 1, got {steps!r}")
+        _check_finite("guidance_scale", self.guidance_scale)
+        _check_finite("inversion_guidance_scale", self.inversion_guidance_scale)
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
+            raise ValueError(f"rounds must be an integer >= 1, got {self.rounds!r}")
+        if self.zag not in ZAG_OPERATORS:
+            raise ValueError(f"zag must be one of {ZAG_OPERATORS}, got {self.zag!r}")
+        if self.zag_eval_timestep not in ZAG_EVAL_TIMESTEPS:
+            raise ValueError(
+                f"zag_eval_timestep must be one of {ZAG_EVAL_TIMESTEPS}, got {self.zag_eval_timestep!r}"
+            )
+        window = _resolve_window(self.zigzag_steps, steps)
+        object.__setattr__(self, "window", window)
+        if not isinstance(self.zigzag_steps, (numbers.Integral, type(None))):
+            object.__setattr__(self, "zigzag_steps", tuple(sorted(window)))
+
+    @property
+    def reflections(self) -> int:
+        """Number of zig-zag reflections per sample: |window| * rounds."""
+        return len(self.window) * self.rounds
+
+    @property
+    def is_standard(self) -> bool:
+        """True when no step reflects: plain DDIM with CFG."""
+        return not self.window
+
+
+def _check_finite(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
+def _resolve_window(spec: int | Iterable[int] | None, steps: int) -> frozenset[int]:
+    """The set of step indices that reflect, validated against T."""
+    if spec is None:
+        return frozenset(range(steps - 1))
+    if isinstance(spec, bool):
+        raise ValueError(f"zigzag_steps must be an int or a set of step indices, got {spec!r}")
+    if isinstance(spec, numbers.Integral):
+        spec = int(spec)
+        if not 0 <= spec <= steps - 1:
+            raise ValueError(
+                f"zigzag_steps (lambda) must be in 0..{steps - 1} (T-1) for T={steps}, got {spec}"
+            )
+        return frozenset(range(spec))
+    if isinstance(spec, (str, bytes)):
+        raise ValueError(f"zigzag_steps must be an int or a set of step indices, got {spec!r}")
+    indices = list(spec)
+    for index in indices:
+        if isinstance(index, bool) or not isinstance(index, numbers.Integral) or not 0 <= index <= steps - 2:
+            raise ValueError(
+                f"zigzag_steps indices must be integers in 0..{steps - 2} (T-2) for T={steps}, got {index!r}"
+            )
+    return frozenset(int(index) for index in indices)
