@@ -58,6 +58,7 @@ class GaussianTarget:
     latent_shape: tuple[int, ...] = (4, 3, 3)
     dtype: torch.dtype = torch.float32
     device: torch.device = torch.device("cpu")
+    output_types: tuple[str, ...] = ("pt", "latent")
 
     def decode(self, latents: torch.Tensor, output_type: str) -> torch.Tensor:
         return latents

@@ -127,6 +127,7 @@ def test_nan_guard_names_step_and_operation():
     ("kwargs", "message"),
     [
         ({"output_type": "jpeg"}, "output_type must be one of"),
+        ({"output_type": "np"}, r"output_type must be one of \('pt', 'latent'\) for GaussianPipeline"),
         ({"latents": torch.zeros(1, 4, 3, 3)}, r"latents must have shape \(2, 4, 3, 3\)"),
         ({"negative_prompt": ["x", "y", "z"]}, "negative_prompt must be one string or 2 strings"),
         ({"prompt": []}, "prompt must be a string or a non-empty list"),

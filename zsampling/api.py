@@ -94,6 +94,10 @@ def sample(
         DDIMSchedule.from_scheduler(pipe.scheduler, num_inference_steps)  # refuse before encoding
 
     target = prepare(pipe, prompts, negative_prompts, height, width)
+    if output_type not in target.output_types:
+        raise ValueError(
+            f"output_type must be one of {target.output_types} for {type(pipe).__name__}, got {output_type!r}"
+        )
     schedule = DDIMSchedule.from_scheduler(target.scheduler, num_inference_steps)
     x = initial_latents(target, latents, generator)
     rows_before = target.denoiser.network_rows

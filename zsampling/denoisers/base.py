@@ -83,12 +83,14 @@ class SamplingTarget(Protocol):
     ``scheduler`` is a diffusers ``DDIMScheduler`` whose config defines the
     discrete schedule (alphas_cumprod, timestep spacing, final alpha);
     ``latent_shape`` is the shape of one sample's latent, ``batch_size`` the
-    number of samples the prompts encode.
+    number of samples the prompts encode, ``output_types`` what ``decode``
+    can produce (checked before sampling starts).
     """
 
     denoiser: Denoiser
     scheduler: object
     batch_size: int
+    output_types: tuple[str, ...]
     latent_shape: tuple[int, ...]
     dtype: torch.dtype
     device: torch.device

@@ -95,6 +95,7 @@ class DiffusersTarget:
     latent_shape: tuple[int, ...]
     dtype: torch.dtype
     device: torch.device
+    output_types: tuple[str, ...] = ("pil", "np", "pt", "latent")
 
     def decode(self, latents: torch.Tensor, output_type: str) -> Any:
         """Decode like the pipeline does (SDXL's fp16 VAE upcast included)."""
