@@ -1,0 +1,505 @@
+"""Trace files and directories: safetensors for tensors, JSON for the rest.
+
+One trace (one batch) is one ``.safetensors`` file: events, scalars,
+metrics and kept tensors in its body, and the trace's JSON description
+(config, prompts, seeds, versions, schema version, an inventory of every
+tensor with its dtype, shape and SHA-256) in the header's ``__metadata__``
+under the key ``"zsampling.trace"``. Nothing is ever unpickled: the header is
+parsed as JSON and checked against the body before any tensor is read, so a
+truncated, tampered or foreign file (a pickle, a ``torch.save`` archive)
+raises :class:`TraceFormatError` and executes nothing.
+
+A long sweep streams into a directory with :class:`TraceWriter`: one file per
+batch (``batch-000000.safetensors``, ...) written to a temp file, fsynced and
+moved into place with ``os.replace``, then one line appended to
+``index.jsonl``. A run killed at any point leaves every finished batch
+readable: a half-appended index line is ignored (and repaired by the next
+writer), a batch file whose index line was lost is recovered from its own
+header, and a half-written temp file is never seen under a batch name.
+:class:`TraceDir` reads such a directory back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from zsampling.trace.data import EVENT_COLUMNS, SCHEMA, SCHEMA_VERSION, Trace
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+META_KEY = "zsampling.trace"
+INDEX_NAME = "index.jsonl"
+_BATCH_RE = re.compile(r"^batch-(\d{6,})\.safetensors$")
+_MAX_HEADER = 256 * 2**20
+_ITEMSIZE = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}
+_DTYPE_NAMES = {
+    torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.int16: "I16", torch.float16: "F16",
+    torch.bfloat16: "BF16", torch.int32: "I32", torch.float32: "F32", torch.int64: "I64", torch.float64: "F64",
+}
+
+
+class TraceFormatError(ValueError):
+    """A file is not a valid zsampling trace (truncated, tampered, foreign or
+    of another schema version)."""
+
+
+# ---------------------------------------------------------------------- files
+def _digest(tensor: torch.Tensor) -> str:
+    flat = tensor.detach().contiguous().reshape(-1)
+    return hashlib.sha256(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"").hexdigest()
+
+
+def _owned(tensor: torch.Tensor) -> torch.Tensor:
+    """A contiguous tensor that owns its whole storage (safetensors refuses views)."""
+    tensor = tensor.detach().contiguous()
+    if tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
+        tensor = tensor.clone()
+    return tensor
+
+
+def _file_tensors(trace: Trace) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for name, value in trace.events.items():
+        tensors[f"events/{name}"] = value
+    for name, value in trace.scalars.items():
+        tensors[f"scalars/{name}"] = value
+    for name, value in trace.metrics.items():
+        tensors[f"metrics/{name}"] = value
+    for name in trace.tensor_names:
+        tensors[f"tensors/{name}"] = trace.tensor(name)
+    return {name: _owned(value.cpu()) for name, value in tensors.items()}
+
+
+def save_trace(trace: Trace, path: str | Path) -> Path:
+    """Write ``trace`` to ``path`` atomically (temp file, fsync, os.replace)."""
+    path = Path(path)
+    tensors = _file_tensors(trace)
+    inventory = {
+        name: {"dtype": _DTYPE_NAMES[value.dtype], "shape": list(value.shape), "sha256": _digest(value)}
+        for name, value in tensors.items()
+    }
+    description = {**trace.meta, "tensors": inventory}
+    try:
+        header = json.dumps(description, allow_nan=True)
+    except TypeError as error:
+        raise ValueError(f"trace metadata must be JSON-serialisable: {error}") from error
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata={META_KEY: header})
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Parse and validate the safetensors header and the trace description.
+
+    Returns (description, tensor entries). Reads only the header bytes.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"no trace file at {path}")
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise TraceFormatError(f"{path} is truncated ({size} bytes): not a zsampling trace")
+        length = int.from_bytes(head, "little")
+        if length > min(size - 8, _MAX_HEADER):
+            _refuse_foreign(path, head)
+            raise TraceFormatError(
+                f"{path}: header length {length} exceeds the file ({size} bytes): truncated, or not a "
+                "safetensors trace"
+            )
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        _refuse_foreign(path, head)
+        raise TraceFormatError(f"{path}: the safetensors header is not valid JSON (corrupted or tampered): {error}") \
+            from error
+    if not isinstance(header, dict):
+        raise TraceFormatError(f"{path}: the safetensors header is not a JSON object (corrupted or tampered)")
+    metadata = header.pop("__metadata__", None)
+    if not isinstance(metadata, dict) or META_KEY not in metadata:
+        raise TraceFormatError(f"{path} is not a zsampling trace (no {META_KEY!r} entry in its safetensors header)")
+    try:
+        description = json.loads(metadata[META_KEY])
+    except (TypeError, json.JSONDecodeError) as error:
+        raise TraceFormatError(f"{path}: the trace description is not valid JSON (corrupted or tampered)") from error
+    if not isinstance(description, dict) or description.get("schema") != SCHEMA:
+        raise TraceFormatError(f"{path}: the header does not describe a {SCHEMA!r} (corrupted or tampered)")
+    version = description.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise TraceFormatError(
+            f"{path} was written with trace schema version {version!r}; this zsampling reads version "
+            f"{SCHEMA_VERSION} (use the zsampling version that wrote it, or re-record)"
+        )
+    _check_layout(path, header, size - 8 - length)
+    inventory = description.get("tensors")
+    if not isinstance(inventory, dict) or set(inventory) != set(header):
+        raise TraceFormatError(
+            f"{path}: the tensors in the file and the trace description disagree (tampered or corrupted)"
+        )
+    for name, entry in header.items():
+        described = inventory[name]
+        if not isinstance(described, dict) or described.get("dtype") != entry["dtype"] \
+                or described.get("shape") != entry["shape"]:
+            raise TraceFormatError(f"{path}: tensor {name!r} does not match its description (tampered or corrupted)")
+    return description, header
+
+
+def _refuse_foreign(path: Path, head: bytes) -> None:
+    """Name the usual suspects when a file is not safetensors at all."""
+    if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
+        raise TraceFormatError(
+            f"{path} looks like a pickle / torch.save archive, not a zsampling trace; zsampling never "
+            "unpickles files (traces are safetensors + JSON)"
+        )
+
+
+def _check_layout(path: Path, header: Mapping[str, Any], data_length: int) -> None:
+    """Every tensor lies inside the body with the size its dtype and shape
+    imply, and the tensors cover the body exactly (no truncation)."""
+    end = 0
+    for name, entry in header.items():
+        try:
+            dtype, shape, (start, stop) = entry["dtype"], entry["shape"], entry["data_offsets"]
+            itemsize = _ITEMSIZE[dtype]
+            expected = itemsize * math.prod(int(n) for n in shape)
+            valid = all(isinstance(n, int) and n >= 0 for n in (*shape, start, stop))
+        except (KeyError, TypeError, ValueError) as error:
+            raise TraceFormatError(f"{path}: malformed entry for tensor {name!r} (corrupted or tampered)") from error
+        if not valid or stop - start != expected:
+            raise TraceFormatError(f"{path}: tensor {name!r} has inconsistent offsets (corrupted or tampered)")
+        if stop > data_length:
+            raise TraceFormatError(f"{path}: tensor {name!r} extends past the end of the file (truncated)")
+        end = max(end, stop)
+    if end != data_length:
+        raise TraceFormatError(
+            f"{path}: the file holds {data_length} data bytes but its tensors describe {end} "
+            "(truncated or corrupted)"
+        )
+
+
+class FileSource:
+    """Large tensors of a trace file, read lazily with ``safe_open`` (mmap)."""
+
+    def __init__(self, path: Path, inventory: Mapping[str, Mapping[str, Any]]) -> None:
+        self.path = path
+        self._inventory = dict(inventory)
+        self._names = sorted(n.removeprefix("tensors/") for n in inventory if n.startswith("tensors/"))
+
+    def names(self) -> list[str]:
+        return self._names
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._inventory[f"tensors/{name}"]["shape"])
+
+    def get(self, name: str, index: int | slice | None = None) -> torch.Tensor:
+        key = f"tensors/{name}"
+        if key not in self._inventory:
+            raise KeyError(name)
+        try:
+            with safe_open(str(self.path), framework="pt") as handle:
+                if index is None:
+                    return handle.get_tensor(key)
+                return handle.get_slice(key)[index]
+        except Exception as error:  # safetensors raises its own error type
+            raise TraceFormatError(f"{self.path}: cannot read tensor {name!r}: {error}") from error
+
+    def verify(self) -> None:
+        """Check the SHA-256 of every large tensor (reads each once)."""
+        for name in self._names:
+            if _digest(self.get(name)) != self._inventory[f"tensors/{name}"]["sha256"]:
+                raise TraceFormatError(f"{self.path}: tensor {name!r} fails its checksum (corrupted or tampered)")
+
+
+def load_trace(path: str | Path, *, verify: bool = False) -> Trace:
+    """Open a trace file (see :meth:`Trace.load`)."""
+    path = Path(path)
+    description, header = _read_header(path)
+    inventory = description.pop("tensors")
+    small: dict[str, torch.Tensor] = {}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            for name in header:
+                if not name.startswith("tensors/"):
+                    small[name] = handle.get_tensor(name)
+    except Exception as error:
+        raise TraceFormatError(f"{path}: not a readable safetensors file: {error}") from error
+    for name, value in small.items():
+        if _digest(value) != inventory[name]["sha256"]:
+            raise TraceFormatError(f"{path}: tensor {name!r} fails its checksum (corrupted or tampered)")
+    events = {name.removeprefix("events/"): v for name, v in small.items() if name.startswith("events/")}
+    scalars = {name.removeprefix("scalars/"): v for name, v in small.items() if name.startswith("scalars/")}
+    metrics = {name.removeprefix("metrics/"): v for name, v in small.items() if name.startswith("metrics/")}
+    _check_shapes(path, description, events, scalars, metrics)
+    source = FileSource(path, inventory)
+    if verify:
+        source.verify()
+    return Trace(description, events, scalars, metrics, source)
+
+
+def _check_shapes(path: Path, meta: Mapping[str, Any], events: Mapping[str, torch.Tensor],
+                  scalars: Mapping[str, torch.Tensor], metrics: Mapping[str, torch.Tensor]) -> None:
+    missing = [name for name in EVENT_COLUMNS if name not in events]
+    if missing:
+        raise TraceFormatError(f"{path}: event columns {missing} are missing (corrupted or tampered)")
+    num_events = int(events["op"].shape[0])
+    batch = meta.get("batch_size")
+    if not isinstance(batch, int) or batch < 1:
+        raise TraceFormatError(f"{path}: invalid batch_size {batch!r} (corrupted or tampered)")
+    if sorted(scalars) != sorted(meta.get("scalar_names", [])):
+        raise TraceFormatError(f"{path}: scalar columns do not match the description (corrupted or tampered)")
+    for name, value in events.items():
+        if tuple(value.shape) != (num_events,):
+            raise TraceFormatError(f"{path}: event column {name!r} has shape {tuple(value.shape)}, "
+                                   f"expected ({num_events},)")
+    for name, value in {**scalars, **metrics}.items():
+        if tuple(value.shape) != (num_events, batch):
+            raise TraceFormatError(f"{path}: column {name!r} has shape {tuple(value.shape)}, "
+                                   f"expected ({num_events}, {batch})")
+
+
+def read_trace_meta(path: str | Path) -> dict[str, Any]:
+    """The JSON description of a trace file (header only; validated)."""
+    description, _ = _read_header(Path(path))
+    description.pop("tensors", None)
+    return description
+
+
+# ----------------------------------------------------------------- directories
+def _index_entry(name: str, meta: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "file": name,
+        "batch": meta.get("batch"),
+        "key": meta.get("key"),
+        "sample_ids": meta.get("sample_ids"),
+        "prompts": meta.get("prompts"),
+        "config": meta.get("config"),
+        "created": meta.get("created"),
+    }
+
+
+def _read_index(directory: Path) -> tuple[list[dict[str, Any]], bool]:
+    """Entries of ``index.jsonl``; a line that does not parse (a write cut
+    short) is skipped. Returns (entries, clean)."""
+    path = directory / INDEX_NAME
+    if not path.exists():
+        return [], True
+    entries: list[dict[str, Any]] = []
+    clean = True
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    elif lines:
+        clean = False  # the last line was cut short
+        lines.pop()
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            clean = False
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("file"), str):
+            entries.append(entry)
+        else:
+            clean = False
+    return entries, clean
+
+
+def _scan(directory: Path) -> tuple[list[dict[str, Any]], bool]:
+    """Index entries plus batch files the index does not list (recovered
+    from their own headers), sorted by batch number."""
+    entries, clean = _read_index(directory)
+    listed = {entry["file"] for entry in entries}
+    entries = [entry for entry in entries if _BATCH_RE.match(entry["file"]) and (directory / entry["file"]).exists()]
+    for path in sorted(directory.iterdir()):
+        if _BATCH_RE.match(path.name) and path.name not in listed:
+            try:
+                meta = read_trace_meta(path)
+            except (TraceFormatError, OSError) as error:
+                warnings.warn(f"skipping unreadable trace file {path}: {error}", stacklevel=3)
+                continue
+            entries.append(_index_entry(path.name, meta))
+            clean = False
+    entries.sort(key=lambda entry: int(_BATCH_RE.match(entry["file"]).group(1)))  # type: ignore[union-attr]
+    return entries, clean
+
+
+class TraceWriter:
+    """Streams traces into a directory, one safetensors file per batch.
+
+    Memory stays bounded (each trace is written as soon as its batch
+    finishes and can be dropped), and a run killed mid-way leaves every
+    finished batch readable. Opening an existing directory resumes it:
+    batch numbers and sample ids continue, ``done_keys()`` lists the keys
+    already written so a sweep can skip finished cells.
+
+    Usage::
+
+        with TraceWriter("runs/sweep") as writer:
+            for key, prompts in cells:
+                if key in writer.done_keys():
+                    continue
+                sample_with_trace(pipe, prompts, writer=writer, key=key, ...)
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for stray in self.directory.glob(".*.tmp"):
+            stray.unlink()  # a write interrupted before its os.replace
+        self._entries, clean = _scan(self.directory)
+        if not clean:
+            self._rewrite_index()
+        numbers = [int(_BATCH_RE.match(e["file"]).group(1)) for e in self._entries]  # type: ignore[union-attr]
+        self._next = max(numbers, default=-1) + 1
+        self._samples = sum(len(entry.get("sample_ids") or []) for entry in self._entries)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples written so far (including earlier sessions)."""
+        return self._samples
+
+    @property
+    def entries(self) -> list[dict[str, Any]]:
+        """The index: one dict per batch file."""
+        return [dict(entry) for entry in self._entries]
+
+    def done_keys(self) -> set[str]:
+        """Keys of the batches already written."""
+        return {entry["key"] for entry in self._entries if entry.get("key") is not None}
+
+    def write(self, trace: Trace, *, key: str | None = None) -> Trace:
+        """Write one batch; returns the trace with its global sample ids,
+        batch number and key set in ``meta``."""
+        key = key if key is not None else trace.meta.get("key")
+        ids = list(range(self._samples, self._samples + trace.num_samples))
+        trace = trace.with_meta(sample_ids=ids, batch=self._next, key=key)
+        name = f"batch-{self._next:06d}.safetensors"
+        save_trace(trace, self.directory / name)
+        entry = _index_entry(name, trace.meta)
+        line = json.dumps(entry) + "\n"
+        with open(self.directory / INDEX_NAME, "a", encoding="utf-8") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+        self._entries.append(entry)
+        self._next += 1
+        self._samples += trace.num_samples
+        return trace
+
+    def _rewrite_index(self) -> None:
+        path = self.directory / INDEX_NAME
+        tmp = self.directory / f".{INDEX_NAME}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            for entry in self._entries:
+                handle.write(json.dumps(entry) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+
+    def close(self) -> None:
+        """Nothing is buffered: every write is already on disk."""
+
+    def __enter__(self) -> TraceWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class TraceDir:
+    """Read access to a directory written by :class:`TraceWriter`.
+
+    Indexing gives lazily loaded :class:`Trace` objects (one per batch);
+    :meth:`to_frame` concatenates every batch's scalars with the batch
+    number, key and config columns, ready for analysis.
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise FileNotFoundError(f"no trace directory at {self.directory}")
+        self.entries, _ = _scan(self.directory)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> Trace:
+        return load_trace(self.directory / self.entries[index]["file"])
+
+    def __iter__(self) -> Iterator[Trace]:
+        for index in range(len(self)):
+            yield self[index]
+
+    @property
+    def num_samples(self) -> int:
+        return sum(len(entry.get("sample_ids") or []) for entry in self.entries)
+
+    def keys(self) -> list[str | None]:
+        return [entry.get("key") for entry in self.entries]
+
+    def find(self, sample_id: int) -> tuple[Trace, int]:
+        """The batch trace holding ``sample_id`` and the sample's index in it."""
+        for index, entry in enumerate(self.entries):
+            ids = entry.get("sample_ids") or []
+            if sample_id in ids:
+                return self[index], ids.index(sample_id)
+        raise KeyError(f"sample {sample_id} is not in {self.directory}")
+
+    def to_frame(self, *, config_columns: bool = True) -> pd.DataFrame:
+        """All batches' :meth:`Trace.to_frame` rows, with ``batch`` and ``key``
+        columns and (``config_columns``) g1, g2, T, window size, rounds, zag."""
+        import pandas as pd
+
+        frames = []
+        for index, trace in enumerate(self):
+            frame = trace.to_frame()
+            frame.insert(0, "batch", index)
+            frame.insert(1, "key", trace.meta.get("key"))
+            config = trace.config
+            if config_columns and config is not None:
+                frame["g1"] = config["guidance_scale"]
+                frame["g2"] = config["inversion_guidance_scale"]
+                frame["num_inference_steps"] = config["num_inference_steps"]
+                frame["window_size"] = len(config["window"])
+                frame["rounds"] = config["rounds"]
+                frame["zag"] = config["zag"]
+                frame["zag_eval_timestep"] = config["zag_eval_timestep"]
+            frames.append(frame)
+        if not frames:
+            return pd.DataFrame()
+        frame = pd.concat(frames, ignore_index=True)
+        for name in ("op", "prompt"):
+            if name in frame and not isinstance(frame[name].dtype, pd.CategoricalDtype):
+                frame[name] = frame[name].astype("category")
+        return frame
+
+
+def load_traces(directory: str | Path) -> TraceDir:
+    """Open a trace directory written by :class:`TraceWriter`."""
+    return TraceDir(directory)
