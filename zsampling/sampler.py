@@ -69,8 +69,16 @@ def zigzag_sample(
     branches: Literal["needed", "both"] = "needed",
     progress: bool = False,
     nan_check_every: int = 10,
+    start: int = 0,
+    stop: int | None = None,
 ) -> torch.Tensor:
     """Run Z-Sampling from initial latents ``x`` at t_0 and return x after T steps.
+
+    With ``start``/``stop`` only steps ``start <= i < stop`` run: ``x`` is then
+    the state x_start at t_start and the result is x_stop (x after T steps when
+    ``stop`` is None). Chaining ``[0, k)`` and ``[k, T)`` gives exactly the
+    full run; sweeps use it to share the common zigzag prefix of cells that
+    differ only in lambda.
 
     Args:
         denoiser: returns eps_u / eps_c; counts network rows.
@@ -86,6 +94,8 @@ def zigzag_sample(
         progress: show a tqdm bar over steps.
         nan_check_every: check finiteness every this many steps (one host
             sync each) and at the end.
+        start, stop: run only steps ``[start, stop)`` (0 <= start <= stop <= T;
+            stop None means T).
 
     Raises:
         NonFiniteLatentsError: naming the first step and operation whose
@@ -98,6 +108,9 @@ def zigzag_sample(
         )
     if branches not in ("needed", "both"):
         raise ValueError(f"branches must be 'needed' or 'both', got {branches!r}")
+    stop = schedule.num_steps if stop is None else stop
+    if not 0 <= start <= stop <= schedule.num_steps:
+        raise ValueError(f"need 0 <= start <= stop <= T={schedule.num_steps}, got start={start}, stop={stop}")
     g1, g2 = config.guidance_scale, config.inversion_guidance_scale
     zig_branches = BOTH if branches == "both" else Branches.for_guidance(g1)
     zag_branches = BOTH if branches == "both" else Branches.for_guidance(g2)
@@ -112,7 +125,7 @@ def zigzag_sample(
             recorder.record(Event(op, step, round_, move, guidance, x_in, x_out, eps))
         return x_out
 
-    for i in tqdm(range(schedule.num_steps), disable=not progress, desc="z-sampling", leave=False):
+    for i in tqdm(range(start, stop), disable=not progress, desc="z-sampling", leave=False):
         zig = schedule.zig(i)
         reflects = i in config.window
         if reflects:

@@ -1,0 +1,66 @@
+"""Grid sweeps of Z-Sampling: validated specs, shared prefixes, resume, scale-out, W&B.
+
+Run from the command line::
+
+    zsampling sweep SPEC.yaml --out runs/lambda            # resumes if re-run
+    zsampling sweep SPEC.yaml --out runs/lambda --extend   # after editing the spec
+    accelerate launch -m zsampling sweep SPEC.yaml --out runs/lambda   # cells split over processes
+
+or from Python::
+
+    from zsampling.sweep import load_spec, run_sweep
+    result = run_sweep(load_spec("spec.yaml"), "runs/lambda")
+    result.results      # one row per cell x sample
+
+Output directory:
+
+* ``results.parquet`` / ``results.csv``: one row per cell x sample: ``cell``,
+  ``model``, ``method`` ("standard" when lambda = 0, else "zigzag"),
+  ``prompt``, ``prompt_index``, ``seed``, ``sample_index``, the knobs
+  (``num_inference_steps``, ``guidance_scale``, ``inversion_guidance_scale``,
+  ``zigzag_steps``, ``rounds``, ``zag``, ``zag_eval_timestep``), ``nfe``
+  (network rows per sample as if the cell ran alone), ``wall_time_s`` (the
+  cell's wall time as if alone, divided among its samples), then one float
+  column per per-sample metric.
+* ``cells.parquet`` / ``cells.csv``: one row per cell: the settings columns,
+  ``n_samples``, ``nfe``, ``wall_time_s`` (the cell's total), set-level
+  metrics (``frechet_pca``).
+* ``traces/<cell>.safetensors``: the cell's :class:`~zsampling.trace.Trace`
+  (all samples; scalars by default); ``images/<cell>.safetensors``: tensor
+  ``images`` (N, C, H, W) float in [0, 1] ("pt" layout; the points for the
+  analytic model, the latents with ``output_type: latent``).
+* ``cells/<cell>.json``: the atomic record of each finished cell;
+  ``manifest.json``: spec, spec history, versions, start/end, network rows
+  spent vs alone.
+
+Protocol: every prompt x every seed; a sample's initial noise depends only on
+(seed, prompt_index) through its own ``torch.Generator``, so the same sample
+starts from the same latents in every cell (samples pair across methods).
+See :mod:`zsampling.sweep.spec` for the spec format.
+"""
+
+from zsampling.sweep.cells import Cell, expand_cells, initial_noise, noise_seed, sweep_samples
+from zsampling.sweep.models import register_metric
+from zsampling.sweep.results import CELL_COLUMNS, RESULT_COLUMNS, load_results
+from zsampling.sweep.runner import SpecChangedError, SweepResult, read_manifest, run_sweep
+from zsampling.sweep.spec import SpecError, SweepSpec, load_spec, parse_spec
+
+__all__ = [
+    "CELL_COLUMNS",
+    "RESULT_COLUMNS",
+    "Cell",
+    "SpecChangedError",
+    "SpecError",
+    "SweepResult",
+    "SweepSpec",
+    "expand_cells",
+    "initial_noise",
+    "load_results",
+    "load_spec",
+    "noise_seed",
+    "parse_spec",
+    "read_manifest",
+    "register_metric",
+    "run_sweep",
+    "sweep_samples",
+]

@@ -1,0 +1,405 @@
+"""Model and metric registries of sweeps.
+
+Why: a spec names its model and metrics as strings; this module is the one
+place that knows what each name means, checks it without loading weights
+(so a bad spec fails before minutes of loading), and loads it when the
+sweep starts.
+
+Models (``model.name``):
+
+* ``"demo"``: the shipped 8x8 digits model (``load_demo_pipeline``); options
+  ``model_dir`` (another copy of the weights). Prompts "0".."9" / "digit 3".
+* ``"analytic"``: :class:`~zsampling.denoisers.analytic.GaussianMixtureModel`
+  with exact scores; options are those of ``GaussianMixtureModel.default``
+  (``d``, ``num_components``, ``radius``, ``std``, ``weights``,
+  ``scheduler``) or an explicit mixture (``weights``, ``means``,
+  ``covariances``, ``component_names``, ``scheduler``). Prompts name
+  components ("0", "0,2", names).
+* ``"tiny-sd"``, ``"tiny-sdxl"``, ``"tiny-pixart"``: randomly initialised
+  offline pipelines from :mod:`zsampling.tiny_pipelines` (plumbing checks,
+  benchmarks); option ``seed``.
+* a local diffusers directory (with ``model_index.json``) or a hub id
+  (``org/name``) for users who have one: ``DiffusionPipeline.from_pretrained``;
+  options ``height``, ``width``, ``variant``, ``revision``,
+  ``local_files_only``, ``scheduler`` ("ddim": a non-DDIM scheduler is
+  replaced by ``DDIMScheduler.from_config(config, clip_sample=False)``;
+  "keep": use the pipeline's own, which must be a DDIMScheduler).
+
+Metrics (``metrics:``): per-sample metrics have ``name``,
+``higher_is_better`` and ``score(images, prompts) -> (B,)``; set-level
+metrics ``score_set(images, prompts) -> float`` per cell. Built in: demo
+``alignment``, ``accuracy``, ``nn_distance`` (per sample) and
+``frechet_pca`` (set); analytic ``posterior`` (P(prompted components | x0)
+under the clean mixture). :func:`register_metric` adds more.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from zsampling.sweep.spec import ModelSpec, SpecError
+
+ModelKind = Literal["demo", "analytic", "tiny", "diffusers"]
+
+TINY_PIPELINES: dict[str, str] = {
+    "tiny-sd": "tiny_sd_pipeline",
+    "tiny-sdxl": "tiny_sdxl_pipeline",
+    "tiny-pixart": "tiny_pixart_pipeline",
+}
+SMALL_MODEL_KINDS: tuple[str, ...] = ("demo", "analytic", "tiny")
+"""Kinds whose final images are saved by default (``images: auto``)."""
+STEP_METRIC_KINDS: tuple[str, ...] = ("demo", "analytic")
+"""Kinds whose predicted x0 maps to metric inputs without a VAE (per-step metrics)."""
+
+_OPTION_KEYS: dict[str, tuple[str, ...]] = {
+    "demo": ("model_dir",),
+    "analytic": ("d", "num_components", "radius", "std", "weights", "means", "covariances", "component_names",
+                 "scheduler"),
+    "tiny": ("seed",),
+    "diffusers": ("height", "width", "variant", "revision", "local_files_only", "scheduler"),
+}
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+           "float64": torch.float64}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a spec dtype name."""
+    return _DTYPES[name]
+
+
+# ------------------------------------------------------------------- model kinds
+def model_kind(name: str, *, key: str = "model.name") -> ModelKind:
+    """Classify a model name without loading anything.
+
+    Raises:
+        SpecError: the name is neither a known model, an existing diffusers
+            directory, nor shaped like a hub id.
+    """
+    if name in ("demo", "analytic"):
+        return name  # type: ignore[return-value]
+    if name in TINY_PIPELINES:
+        return "tiny"
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            raise SpecError(f"{key}: {name!r} is a path but not a diffusers pipeline directory (no model_index.json)")
+        return "diffusers"
+    if _HUB_ID.fullmatch(name) and not name.startswith((".", "/", "~")):
+        return "diffusers"
+    raise SpecError(
+        f"{key}: unknown model {name!r}; allowed: 'demo', 'analytic', {', '.join(map(repr, TINY_PIPELINES))}, "
+        "a local diffusers directory (with model_index.json) or a hub id 'org/name'"
+    )
+
+
+def check_model_spec(model: ModelSpec, kind: str) -> None:
+    """Check the model's options (and, for the demo model, that its files exist)."""
+    allowed = _OPTION_KEYS[kind]
+    for option in model.options:
+        if option not in allowed:
+            raise SpecError(f"unknown key model.options.{option!r} for model {model.name!r}; allowed: "
+                            f"{', '.join(allowed)}")
+    if kind == "demo":
+        from zsampling.demo_model import CONFIG_FILE, WEIGHTS_FILE
+
+        directory = demo_dir(model)
+        for file in (WEIGHTS_FILE, CONFIG_FILE):
+            if not (directory / file).is_file():
+                raise SpecError(f"model 'demo': {directory / file} is missing (the demo weights are built by "
+                                "scripts/train_demo_model.py; give model.options.model_dir for another copy)")
+    elif kind == "analytic":
+        build_analytic(model.options, torch.float32, "cpu")
+    elif kind == "tiny":
+        seed = model.options.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise SpecError(f"model.options.seed must be an integer >= 0, got {seed!r}")
+    else:
+        for option in ("height", "width"):
+            value = model.options.get(option)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 8):
+                raise SpecError(f"model.options.{option} must be an integer >= 8 or absent, got {value!r}")
+        scheduler = model.options.get("scheduler", "ddim")
+        if scheduler not in ("ddim", "keep"):
+            raise SpecError(f"model.options.scheduler must be 'ddim' or 'keep', got {scheduler!r}")
+
+
+def demo_dir(model: ModelSpec) -> Path:
+    """Directory of the demo model's files."""
+    from zsampling.demo_model import DEMO_MODEL_DIR
+
+    given = model.options.get("model_dir")
+    return Path(given).expanduser() if given else DEMO_MODEL_DIR
+
+
+def check_prompts(model: ModelSpec, kind: str, prompts: Sequence[str], negative: str | None) -> None:
+    """Check prompts against the model's vocabulary (demo digits, analytic components)."""
+    if kind == "demo":
+        from zsampling.demo_model import negative_prompt_to_class, prompt_to_class
+
+        check, negative_check = prompt_to_class, negative_prompt_to_class
+    elif kind == "analytic":
+        mixture = build_analytic(model.options, torch.float32, "cpu")
+        check = negative_check = mixture.components
+    else:
+        return
+    for index, prompt in enumerate(prompts):
+        try:
+            check(prompt)
+        except ValueError as error:
+            raise SpecError(f"prompts[{index}]: {error}") from None
+    if negative is not None:
+        try:
+            negative_check(negative)
+        except ValueError as error:
+            raise SpecError(f"negative_prompt: {error}") from None
+
+
+def check_steps(model: ModelSpec, kind: str, steps: Sequence[int]) -> None:
+    """T must not exceed the scheduler's num_train_timesteps (read from configs, no weights)."""
+    train = None
+    if kind == "demo":
+        from zsampling.demo_model import CONFIG_FILE
+
+        config = json.loads((demo_dir(model) / CONFIG_FILE).read_text())
+        train = config.get("scheduler", {}).get("num_train_timesteps")
+    elif kind == "analytic":
+        from zsampling.denoisers.analytic import DEFAULT_SCHEDULER_CONFIG
+
+        train = {**DEFAULT_SCHEDULER_CONFIG, **dict(model.options.get("scheduler") or {})}["num_train_timesteps"]
+    elif kind == "tiny":
+        train = 1000
+    else:
+        path = Path(model.name).expanduser() / "scheduler" / "scheduler_config.json"
+        if path.is_file():
+            train = json.loads(path.read_text()).get("num_train_timesteps")
+    if isinstance(train, int):
+        for value in steps:
+            if value > train:
+                raise SpecError(f"grid.num_inference_steps: {value} exceeds the model's num_train_timesteps={train}")
+
+
+def build_analytic(options: Mapping[str, Any], dtype: torch.dtype, device: str | torch.device) -> Any:
+    """A GaussianMixtureModel from spec options (``default()`` parameters or an explicit mixture).
+
+    Raises:
+        SpecError: naming the bad option.
+    """
+    from zsampling.denoisers.analytic import GaussianMixtureModel
+
+    opts = dict(options)
+    try:
+        if "means" in opts or "covariances" in opts:
+            missing = [k for k in ("weights", "means", "covariances") if k not in opts]
+            if missing:
+                raise ValueError(f"an explicit mixture needs weights, means and covariances; missing {missing}")
+            extra = [k for k in ("d", "num_components", "radius", "std") if k in opts]
+            if extra:
+                raise ValueError(f"{extra} apply to the default mixture, not to an explicit one")
+            return GaussianMixtureModel(opts["weights"], opts["means"], opts["covariances"],
+                                        scheduler=opts.get("scheduler"), component_names=opts.get("component_names"),
+                                        dtype=dtype, device=device)
+        if "component_names" in opts:
+            raise ValueError("component_names needs an explicit mixture (weights, means, covariances)")
+        return GaussianMixtureModel.default(**opts, dtype=dtype, device=device)
+    except (ValueError, TypeError) as error:
+        raise SpecError(f"model.options (analytic): {error}") from None
+
+
+# ---------------------------------------------------------------------- loading
+@dataclass
+class LoadedModel:
+    """A loaded model plus what the runner needs to sample and score with it.
+
+    ``prepare(prompts, negative)`` encodes a batch (a ``SamplingTarget``);
+    ``to_images(x0)`` maps latents to metric inputs (demo: [0, 1] images,
+    analytic: the points themselves); ``pipe`` is the pipeline-like object.
+    """
+
+    spec: ModelSpec
+    kind: str
+    pipe: Any
+    device: torch.device
+    dtype: torch.dtype
+    height: int | None = None
+    width: int | None = None
+    _metrics: dict[str, Any] = field(default_factory=dict)
+
+    def prepare(self, prompts: list[str], negative: str | None) -> Any:
+        """Encode a batch of prompts (one negative prompt for all, or None)."""
+        from zsampling.api import prepare
+
+        negatives = None if negative is None else [negative] * len(prompts)
+        return prepare(self.pipe, prompts, negatives, self.height, self.width)
+
+    def to_images(self, latents: torch.Tensor) -> torch.Tensor:
+        """Metric inputs from latents without a VAE (demo and analytic only)."""
+        if self.kind == "demo":
+            from zsampling.denoisers.demo import latents_to_images
+
+            return latents_to_images(latents)
+        if self.kind == "analytic":
+            return latents
+        raise ValueError(f"per-step metrics need the demo or analytic model, not {self.spec.name!r}")
+
+    def metric(self, name: str) -> Any:
+        """The metric object registered under ``name`` for this model (built once)."""
+        if name not in self._metrics:
+            self._metrics[name] = METRICS[name].factory(self)
+        return self._metrics[name]
+
+
+def resolve_device(device: str, default: torch.device | None = None) -> torch.device:
+    """``auto``: ``default`` (the accelerate process's device) or cuda when available, else cpu."""
+    if device != "auto":
+        return torch.device(device)
+    if default is not None:
+        return torch.device(default)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_model(spec: ModelSpec, device: torch.device) -> LoadedModel:
+    """Load the model a spec names onto ``device`` (weights read here, never earlier)."""
+    kind = model_kind(spec.name)
+    dtype = torch_dtype(spec.dtype)
+    options = dict(spec.options)
+    height = width = None
+    if kind == "demo":
+        from zsampling.denoisers.demo import load_demo_pipeline
+
+        pipe = load_demo_pipeline(device=device, dtype=dtype, model_dir=demo_dir(spec))
+    elif kind == "analytic":
+        pipe = build_analytic(options, dtype, device)
+    elif kind == "tiny":
+        from zsampling import tiny_pipelines
+
+        pipe = getattr(tiny_pipelines, TINY_PIPELINES[spec.name])(seed=options.get("seed", 0)).to(device)
+        if dtype != torch.float32:
+            pipe = pipe.to(dtype=dtype)
+        pipe.set_progress_bar_config(disable=True)
+    else:
+        from diffusers import DDIMScheduler, DiffusionPipeline
+
+        kwargs = {k: options[k] for k in ("variant", "revision", "local_files_only") if k in options}
+        try:
+            pipe = DiffusionPipeline.from_pretrained(spec.name, torch_dtype=dtype, **kwargs)
+        except Exception as error:
+            raise RuntimeError(f"cannot load diffusers pipeline {spec.name!r}: {error}") from error
+        if options.get("scheduler", "ddim") == "ddim" and not isinstance(pipe.scheduler, DDIMScheduler):
+            pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
+        pipe = pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        height, width = options.get("height"), options.get("width")
+    return LoadedModel(spec=spec, kind=kind, pipe=pipe, device=device, dtype=dtype, height=height, width=width)
+
+
+# ---------------------------------------------------------------------- metrics
+@dataclass(frozen=True)
+class MetricEntry:
+    """A registered metric: per-sample (``score``) or set-level (``score_set``)."""
+
+    name: str
+    level: Literal["sample", "set"]
+    kinds: tuple[str, ...]
+    factory: Callable[[LoadedModel], Any]
+    higher_is_better: bool
+
+
+METRICS: dict[str, MetricEntry] = {}
+"""Registered metrics by name."""
+
+
+def register_metric(name: str, factory: Callable[[LoadedModel], Any], *, level: Literal["sample", "set"],
+                    kinds: Sequence[str], higher_is_better: bool) -> None:
+    """Register a metric for sweeps.
+
+    Args:
+        name: the column name in the results (per sample) or cells table (set).
+        factory: builds the scorer from the :class:`LoadedModel`; a per-sample
+            scorer has ``score(images, prompts) -> (B,)``, a set-level one
+            ``score_set(images, prompts) -> float``. ``images`` are
+            ``target.decode(latents, "pt")``.
+        level: "sample" or "set".
+        kinds: model kinds it applies to ("demo", "analytic", "tiny", "diffusers").
+        higher_is_better: direction, for summaries.
+    """
+    if level not in ("sample", "set"):
+        raise ValueError(f"level must be 'sample' or 'set', got {level!r}")
+    unknown = [k for k in kinds if k not in _OPTION_KEYS]
+    if unknown:
+        raise ValueError(f"kinds must be from {tuple(_OPTION_KEYS)}, got {unknown}")
+    METRICS[name] = MetricEntry(name, level, tuple(kinds), factory, higher_is_better)
+
+
+def metrics_for(kind: str) -> tuple[str, ...]:
+    """Names of the metrics registered for a model kind."""
+    return tuple(name for name, entry in METRICS.items() if kind in entry.kinds)
+
+
+class PosteriorMetric:
+    """Analytic alignment: P(prompted component(s) | x0) under the clean mixture (higher is better)."""
+
+    name = "posterior"
+    higher_is_better = True
+
+    def __init__(self, mixture: Any) -> None:
+        self.mixture = mixture
+
+    def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """(B,) posteriors of points ``images`` (B, d) given their prompts."""
+        out = torch.empty(len(prompts), dtype=torch.float64)
+        for prompt in dict.fromkeys(prompts):
+            rows = [i for i, p in enumerate(prompts) if p == prompt]
+            out[rows] = self.mixture.posterior(images[rows], prompt).cpu()
+        return out
+
+
+class FrechetPCA:
+    """Set-level Frechet distance of a cell's demo images to the digits data (PCA space; lower is better)."""
+
+    name = "frechet_pca"
+    higher_is_better = False
+
+    def __init__(self, model_dir: Path | None = None) -> None:
+        self.model_dir = model_dir
+
+    def score_set(self, images: torch.Tensor, prompts: list[str]) -> float:
+        from zsampling.metrics.demo import frechet_distance
+
+        return frechet_distance(images, None, self.model_dir)
+
+
+def _demo_metric(cls_name: str) -> Callable[[LoadedModel], Any]:
+    def factory(model: LoadedModel) -> Any:
+        from zsampling.metrics import demo
+
+        return getattr(demo, cls_name)(demo_dir(model.spec))
+
+    return factory
+
+
+register_metric("alignment", _demo_metric("DigitAlignment"), level="sample", kinds=("demo",), higher_is_better=True)
+register_metric("accuracy", _demo_metric("DigitAccuracy"), level="sample", kinds=("demo",), higher_is_better=True)
+register_metric("nn_distance", _demo_metric("NearestNeighbourDistance"), level="sample", kinds=("demo",),
+                higher_is_better=False)
+register_metric("frechet_pca", lambda model: FrechetPCA(demo_dir(model.spec)), level="set", kinds=("demo",),
+                higher_is_better=False)
+register_metric("posterior", lambda model: PosteriorMetric(model.pipe), level="sample", kinds=("analytic",),
+                higher_is_better=True)
+
+
+def check_metric_files(model: ModelSpec, kind: str, metrics: Sequence[str]) -> None:
+    """The demo metrics read ``metrics.safetensors``; refuse early when it is missing."""
+    if kind == "demo" and any(m in ("alignment", "accuracy", "nn_distance", "frechet_pca") for m in metrics):
+        from zsampling.demo_model import METRICS_FILE
+
+        path = demo_dir(model) / METRICS_FILE
+        if not path.is_file():
+            raise SpecError(f"metrics: the demo metrics need {path} (built by scripts/train_demo_model.py)")

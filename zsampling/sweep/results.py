@@ -1,0 +1,180 @@
+"""Cell records on disk and the tidy results tables built from them.
+
+Why: a finished cell must survive a kill at any instant and be found again
+on resume, and the tables other code analyses must have one fixed schema.
+
+What: each finished cell is one JSON record ``DIR/cells/<cell>.json``
+(settings, per-sample rows, set-level metrics, network rows, order key, the
+spec hash), written atomically (temporary file, fsync, ``os.replace``) after
+its trace and image files, so the record's presence means the cell is
+complete. :func:`build_tables` merges every record into
+
+* ``results`` (``DIR/results.parquet`` + ``.csv``): one row per cell x
+  sample, columns :data:`RESULT_COLUMNS` then one float column per
+  per-sample metric;
+* ``cells`` (``DIR/cells.parquet`` + ``.csv``): one row per cell, columns
+  :data:`CELL_COLUMNS` then one float column per set-level metric;
+
+both ordered by the cells' grid order (cells added by ``--extend`` after the
+earlier ones) and then by ``sample_index``. ``wall_time_s`` is a cell's wall
+time as if it had run alone (its share of the shared trunk included),
+divided among its samples in ``results``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+RECORD_SCHEMA = "zsampling.sweep.record"
+RECORD_VERSION = 1
+
+SETTINGS_COLUMNS: tuple[str, ...] = (
+    "cell", "model", "method", "num_inference_steps", "guidance_scale", "inversion_guidance_scale",
+    "zigzag_steps", "rounds", "zag", "zag_eval_timestep",
+)
+RESULT_COLUMNS: tuple[str, ...] = (
+    "cell", "model", "method", "prompt", "prompt_index", "seed", "sample_index", "num_inference_steps",
+    "guidance_scale", "inversion_guidance_scale", "zigzag_steps", "rounds", "zag", "zag_eval_timestep", "nfe",
+    "wall_time_s",
+)
+"""The fixed leading columns of ``results``; per-sample metric columns follow."""
+CELL_COLUMNS: tuple[str, ...] = (*SETTINGS_COLUMNS, "n_samples", "nfe", "wall_time_s")
+"""The fixed leading columns of ``cells``; set-level metric columns follow."""
+
+_STR = ("cell", "model", "method", "prompt", "zag", "zag_eval_timestep")
+_INT = ("prompt_index", "seed", "sample_index", "num_inference_steps", "zigzag_steps", "rounds", "nfe", "n_samples")
+_FLOAT = ("guidance_scale", "inversion_guidance_scale", "wall_time_s")
+
+CELLS_DIR = "cells"
+TRACES_DIR = "traces"
+IMAGES_DIR = "images"
+
+
+# -------------------------------------------------------------------- atomic IO
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file, fsync and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_json(path: Path, value: Any) -> None:
+    """JSON (NaN allowed, as Python writes it) written atomically."""
+    atomic_write_bytes(path, (json.dumps(value, indent=1, allow_nan=True) + "\n").encode("utf-8"))
+
+
+def _atomic_frame(path: Path, frame: pd.DataFrame, kind: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if kind == "parquet":
+            frame.to_parquet(tmp, index=False)
+        else:
+            frame.to_csv(tmp, index=False)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+# ----------------------------------------------------------------------- records
+def record_path(out: Path, cell: str) -> Path:
+    return out / CELLS_DIR / f"{cell}.json"
+
+
+def write_record(out: Path, record: Mapping[str, Any]) -> None:
+    """Commit a finished cell (call after its trace and image files exist)."""
+    atomic_write_json(record_path(out, record["cell"]), {"schema": RECORD_SCHEMA, "version": RECORD_VERSION,
+                                                         **record})
+
+
+def read_records(out: Path) -> dict[str, dict[str, Any]]:
+    """Every valid cell record of ``out`` by cell hash (unreadable ones are ignored: not done)."""
+    directory = Path(out) / CELLS_DIR
+    records: dict[str, dict[str, Any]] = {}
+    if not directory.is_dir():
+        return records
+    for path in sorted(directory.glob("*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if (isinstance(record, dict) and record.get("schema") == RECORD_SCHEMA and record.get("cell") == path.stem
+                and isinstance(record.get("rows"), list)):
+            records[path.stem] = record
+    return records
+
+
+# ------------------------------------------------------------------------ tables
+def _ordered(records: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return sorted(records, key=lambda r: (tuple(r.get("order", (0, 0))), r["cell"]))
+
+
+def _names(records: Iterable[Mapping[str, Any]], key: str) -> list[str]:
+    names: list[str] = []
+    for record in records:
+        for name in record.get(key, []):
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def _typed(frame: pd.DataFrame, extra_float: Iterable[str]) -> pd.DataFrame:
+    for column in frame.columns:
+        if column in _INT:
+            frame[column] = frame[column].astype("int64")
+        elif column in _FLOAT or column in extra_float:
+            frame[column] = frame[column].astype("float64")
+        elif column in _STR:
+            frame[column] = frame[column].astype(object).astype(str)
+    return frame
+
+
+def build_tables(records: Iterable[Mapping[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ``results`` and ``cells`` tables of a set of cell records."""
+    ordered = _ordered(records)
+    sample_metrics = _names(ordered, "sample_metrics")
+    set_metrics = _names(ordered, "set_metrics")
+    result_rows, cell_rows = [], []
+    for record in ordered:
+        settings = record["settings"]
+        for row in sorted(record["rows"], key=lambda r: r["sample_index"]):
+            values = {column: row[column] if column in row else settings.get(column) for column in RESULT_COLUMNS}
+            values.update({name: row.get(name, float("nan")) for name in sample_metrics})
+            result_rows.append(values)
+        cell = {column: settings[column] for column in SETTINGS_COLUMNS}
+        cell.update(n_samples=record["n_samples"], nfe=record["nfe"], wall_time_s=record["wall_time_s"])
+        cell.update({name: record["set_metric_values"].get(name, float("nan")) for name in set_metrics})
+        cell_rows.append(cell)
+    results = pd.DataFrame(result_rows, columns=[*RESULT_COLUMNS, *sample_metrics])
+    cells = pd.DataFrame(cell_rows, columns=[*CELL_COLUMNS, *set_metrics])
+    return _typed(results, sample_metrics), _typed(cells, set_metrics)
+
+
+def write_tables(out: Path, results: pd.DataFrame, cells: pd.DataFrame) -> None:
+    """Write results/cells as Parquet and CSV, each file atomically."""
+    for name, frame in (("results", results), ("cells", cells)):
+        _atomic_frame(out / f"{name}.parquet", frame, "parquet")
+        _atomic_frame(out / f"{name}.csv", frame, "csv")
+
+
+def load_results(out: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read ``DIR/results.parquet`` and ``DIR/cells.parquet`` of a finished sweep."""
+    out = Path(out)
+    return pd.read_parquet(out / "results.parquet"), pd.read_parquet(out / "cells.parquet")

@@ -1,0 +1,608 @@
+"""The sweep spec: a validated description of a grid of Z-Sampling runs.
+
+Why: a sweep runs for hours and writes a results table other code depends
+on, so every setting is checked up front -- with an error that names the key
+(``grid.guidance_scale[2]``) and what is allowed -- before any model is
+loaded or any directory is touched.
+
+What: :func:`load_spec` reads YAML (``.yaml``/``.yml``), TOML (``.toml``) or
+JSON (``.json``) and :func:`parse_spec` validates a mapping into a frozen
+:class:`SweepSpec`. Example (YAML)::
+
+    name: lambda-sweep                  # optional, cosmetic
+    model:
+      name: demo                        # demo | analytic | tiny-sd | tiny-sdxl | tiny-pixart
+                                        # | a local diffusers directory | a hub id (org/name)
+      dtype: float32                    # float32 | float16 | bfloat16 | float64
+      device: auto                      # auto | cpu | cuda | cuda:1 ...
+      options: {}                       # model-specific (analytic: d, num_components, radius, std, ...)
+    prompts: ["0", "3", "7"]            # or {file: prompts.txt} / {file: p.csv, column: prompt, limit: 100}
+    negative_prompt: null
+    seeds: [0, 1, 2, 3]                 # or {start: 0, count: 4}
+    noise: seed_prompt                  # seed_prompt (default) | seed
+    grid:                               # each knob: a value, a list, or {range: [start, stop, step]}
+      num_inference_steps: [20]
+      guidance_scale: [5.5]
+      inversion_guidance_scale: [0.0]
+      zigzag_steps: {range: [0, 20]}    # lambda; "full" means T-1
+      rounds: [1]
+      zag: [official]
+      zag_eval_timestep: [next]
+    metrics: [alignment, accuracy, nn_distance, frechet_pca]
+    trace: {keep: scalars, latent_dtype: float16, downsample: null}   # or false; also
+                                        # step_metrics: [alignment], every: 1, decode_every: 5
+    images: true                        # save final images (default: true for small models)
+    output_type: pt                     # pt (images in [0, 1]) | latent (final latents)
+    batch_size: 64
+    branches: needed                    # needed (branch-aware) | both (what the released code pays)
+
+Samples: every prompt x every seed (prompt-major). With ``noise:
+seed_prompt`` a sample's initial noise comes from its own
+``torch.Generator`` seeded by a hash of (seed, prompt_index), so the same
+(prompt, seed) starts from the same latents in every cell -- this is what
+pairs samples across methods -- while different prompts never share noise.
+``noise: seed`` seeds the generator with the seed alone (the same noise for
+every prompt, as ``generator=torch.Generator().manual_seed(seed)`` gives in
+diffusers for one image).
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import hashlib
+import json
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zsampling.config import ZAG_EVAL_TIMESTEPS, ZAG_OPERATORS
+
+SPEC_SCHEMA_VERSION = 1
+
+KNOBS: tuple[str, ...] = (
+    "num_inference_steps",
+    "guidance_scale",
+    "inversion_guidance_scale",
+    "zigzag_steps",
+    "rounds",
+    "zag",
+    "zag_eval_timestep",
+)
+"""The grid's knobs, in the order of the results table's settings columns."""
+
+KNOB_DEFAULTS: dict[str, Any] = {
+    "num_inference_steps": 50,
+    "guidance_scale": 5.5,
+    "inversion_guidance_scale": 0.0,
+    "zigzag_steps": "full",
+    "rounds": 1,
+    "zag": "official",
+    "zag_eval_timestep": "next",
+}
+"""Values of knobs the grid leaves out (the reference defaults of ZigzagConfig)."""
+
+TOP_KEYS: tuple[str, ...] = (
+    "name", "model", "prompts", "negative_prompt", "seeds", "noise", "grid", "metrics", "trace", "images",
+    "output_type", "batch_size", "branches",
+)
+MODEL_KEYS: tuple[str, ...] = ("name", "dtype", "device", "options")
+TRACE_KEYS: tuple[str, ...] = ("keep", "latent_dtype", "downsample", "step_metrics", "every", "decode_every")
+DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16", "float64")
+NOISE_MODES: tuple[str, ...] = ("seed_prompt", "seed")
+OUTPUT_TYPES: tuple[str, ...] = ("pt", "latent")
+BRANCH_MODES: tuple[str, ...] = ("needed", "both")
+PROMPT_FILE_SUFFIXES: tuple[str, ...] = (".txt", ".csv", ".tsv", ".jsonl")
+_PROMPT_COLUMNS = ("prompt", "Prompt", "prompts", "Prompts", "caption", "text")
+
+
+class SpecError(ValueError):
+    """A sweep spec is invalid; the message names the key and what is allowed."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model a sweep runs and how it is loaded.
+
+    ``name`` is "demo", "analytic", a tiny offline pipeline ("tiny-sd",
+    "tiny-sdxl", "tiny-pixart"), a local diffusers directory or a hub id;
+    ``options`` are model-specific (see :mod:`zsampling.sweep.models`).
+    ``device`` is an execution detail: it is not part of the spec hash, so a
+    sweep may be resumed on another device.
+    """
+
+    name: str
+    dtype: str = "float32"
+    device: str = "auto"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two models' samples comparable: name, dtype, options (not the device)."""
+        return {"name": self.name, "dtype": self.dtype, "options": _plain(self.options)}
+
+
+@dataclass(frozen=True)
+class TraceSpec:
+    """What each cell's trace keeps (:class:`zsampling.trace.TraceRecorder` options).
+
+    ``step_metrics`` are per-sample metric names evaluated on the predicted
+    x0 every ``every`` steps (demo and analytic models only);
+    ``decode_every`` decodes the predicted x0 to uint8 images in the trace
+    every this many steps (VAE rows, never network rows).
+    """
+
+    keep: tuple[str, ...] = ("scalars",)
+    latent_dtype: str = "float16"
+    downsample: int | None = None
+    step_metrics: tuple[str, ...] = ()
+    every: int = 1
+    decode_every: int | None = None
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A validated sweep: model, samples (prompts x seeds), knob grid, outputs.
+
+    Build with :func:`load_spec` or :func:`parse_spec`; :meth:`to_dict` is
+    the normalised JSON form stored in the manifest and :attr:`hash` the
+    digest that detects a changed spec against an existing output directory.
+    """
+
+    model: ModelSpec
+    prompts: tuple[str, ...]
+    seeds: tuple[int, ...]
+    grid: Mapping[str, tuple[Any, ...]]
+    name: str | None = None
+    negative_prompt: str | None = None
+    noise: str = "seed_prompt"
+    metrics: tuple[str, ...] = ()
+    trace: TraceSpec | None = field(default_factory=TraceSpec)
+    images: bool = True
+    output_type: str = "pt"
+    batch_size: int = 64
+    branches: str = "needed"
+    prompt_source: str = "inline"
+
+    @property
+    def num_samples(self) -> int:
+        """Samples per cell: every prompt x every seed."""
+        return len(self.prompts) * len(self.seeds)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The normalised spec as plain JSON values (what the manifest stores)."""
+        return {
+            "schema_version": SPEC_SCHEMA_VERSION,
+            "name": self.name,
+            "model": {**self.model.identity(), "device": self.model.device},
+            "prompts": list(self.prompts),
+            "prompt_source": self.prompt_source,
+            "negative_prompt": self.negative_prompt,
+            "seeds": list(self.seeds),
+            "noise": self.noise,
+            "grid": {knob: list(self.grid[knob]) for knob in KNOBS},
+            "metrics": list(self.metrics),
+            "trace": None if self.trace is None else {
+                "keep": list(self.trace.keep), "latent_dtype": self.trace.latent_dtype,
+                "downsample": self.trace.downsample, "step_metrics": list(self.trace.step_metrics),
+                "every": self.trace.every, "decode_every": self.trace.decode_every,
+            },
+            "images": self.images,
+            "output_type": self.output_type,
+            "batch_size": self.batch_size,
+            "branches": self.branches,
+        }
+
+    def hashed_dict(self) -> dict[str, Any]:
+        """The part of :meth:`to_dict` that defines the results: everything but
+        the name, the prompt file's path, the device and the batch size."""
+        values = self.to_dict()
+        for key in ("name", "prompt_source", "batch_size"):
+            values.pop(key)
+        values["model"].pop("device")
+        return values
+
+    @property
+    def hash(self) -> str:
+        """Stable digest of :meth:`hashed_dict` (16 hex characters)."""
+        return stable_hash(self.hashed_dict())
+
+    def samples_identity(self) -> dict[str, Any]:
+        """What defines a cell's samples (part of every cell's hash)."""
+        return {"prompts": list(self.prompts), "negative_prompt": self.negative_prompt,
+                "seeds": list(self.seeds), "noise": self.noise}
+
+
+def stable_hash(value: Any, length: int = 16) -> str:
+    """SHA-256 of the canonical JSON of ``value`` (sorted keys), truncated."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
+# ---------------------------------------------------------------------- loading
+def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None) -> SweepSpec:
+    """Read and validate a spec file (YAML, TOML or JSON).
+
+    Relative prompt-file paths are resolved against the spec's directory.
+    ``overrides`` replace top-level keys (e.g. ``{"batch_size": 8}``) before
+    validation.
+
+    Raises:
+        SpecError: unreadable file, syntax error, or an invalid setting.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"spec file {str(path)!r} does not exist")
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        elif suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise SpecError(f"{path}: spec files must end in .yaml, .yml, .toml or .json, "
+                            f"got {suffix or 'no suffix'!r}")
+    except SpecError:
+        raise
+    except Exception as error:  # yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError
+        raise SpecError(f"{path}: cannot parse {suffix[1:].upper()}: {error}") from error
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise SpecError(f"{path}: a spec must be a mapping of keys ({', '.join(TOP_KEYS)}), got {type(data).__name__}")
+    data = {**data, **dict(overrides or {})}
+    try:
+        return parse_spec(data, base_dir=path.parent)
+    except SpecError as error:
+        raise SpecError(f"{path}: {error}") from None
+
+
+def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path | None = None) -> SweepSpec:
+    """Validate a spec mapping into a :class:`SweepSpec`.
+
+    Checks every key and value, the model name (without loading it), the
+    prompts against the model's vocabulary (demo digits, analytic
+    components), the metrics against the model's registry and lambda
+    against every T of the grid.
+
+    Raises:
+        SpecError: naming the first bad key and what is allowed.
+    """
+    from zsampling.sweep import models
+
+    if not isinstance(data, Mapping):
+        raise SpecError(f"a spec must be a mapping, got {type(data).__name__}")
+    _check_keys(data, TOP_KEYS, "")
+    for key in ("model", "prompts", "seeds"):
+        if key not in data:
+            raise SpecError(f"missing required key {key!r}")
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+
+    model = _parse_model(data["model"])
+    kind = models.model_kind(model.name, key="model.name")
+    prompts, source = _parse_prompts(data["prompts"], base)
+    negative = data.get("negative_prompt")
+    if negative is not None and not isinstance(negative, str):
+        raise SpecError(f"negative_prompt must be a string or null, got {negative!r}")
+    seeds = _parse_seeds(data["seeds"])
+    noise = _choice("noise", data.get("noise", "seed_prompt"), NOISE_MODES)
+    grid = _parse_grid(data.get("grid", {}))
+    metrics = _parse_names("metrics", data.get("metrics", []))
+    trace = _parse_trace(data.get("trace", True))
+    output_type = _choice("output_type", data.get("output_type", "pt"), OUTPUT_TYPES)
+    images = data.get("images", "auto")
+    if images == "auto" or images is None:
+        images = kind in models.SMALL_MODEL_KINDS
+    if not isinstance(images, bool):
+        raise SpecError(f"images must be true, false or 'auto', got {images!r}")
+    batch_size = _positive_int("batch_size", data.get("batch_size", 64))
+    branches = _choice("branches", data.get("branches", "needed"), BRANCH_MODES)
+    name = data.get("name")
+    if name is not None and not isinstance(name, str):
+        raise SpecError(f"name must be a string, got {name!r}")
+
+    models.check_model_spec(model, kind)
+    models.check_prompts(model, kind, prompts, negative)
+    allowed = models.metrics_for(kind)
+    for index, metric in enumerate(metrics):
+        if metric not in allowed:
+            raise SpecError(
+                f"metrics[{index}]: unknown metric {metric!r} for model {model.name!r}; "
+                f"allowed: {', '.join(allowed) or 'none (register one with zsampling.sweep.register_metric)'}"
+            )
+    if trace is not None and trace.decode_every is not None and kind == "analytic":
+        raise SpecError("trace.decode_every: the analytic model's samples are points, not images; keep x0 instead "
+                        "(trace.keep: [x0])")
+    if trace is not None:
+        per_sample = [m for m in allowed if models.METRICS[m].level == "sample"]
+        for index, metric in enumerate(trace.step_metrics):
+            if kind not in models.STEP_METRIC_KINDS:
+                raise SpecError(f"trace.step_metrics: per-step metrics need the demo or analytic model, "
+                                f"got model {model.name!r}")
+            if metric not in per_sample:
+                raise SpecError(f"trace.step_metrics[{index}]: unknown per-sample metric {metric!r} for model "
+                                f"{model.name!r}; allowed: {', '.join(per_sample) or 'none'}")
+    models.check_metric_files(model, kind, [*metrics, *(trace.step_metrics if trace else ())])
+    models.check_steps(model, kind, grid["num_inference_steps"])
+    for lam in grid["zigzag_steps"]:
+        for steps in grid["num_inference_steps"]:
+            if lam != "full" and lam > steps - 1:
+                raise SpecError(
+                    f"grid.zigzag_steps: lambda={lam} is > T-1={steps - 1} for num_inference_steps={steps}; "
+                    "lambda must be in 0..T-1 for every T of the grid (or 'full' for T-1)"
+                )
+    if len(prompts) * len(seeds) < 2 and any(models.METRICS[m].level == "set" for m in metrics):
+        raise SpecError("metrics: set-level metrics (e.g. frechet_pca) need at least 2 samples per cell "
+                        f"(prompts x seeds = {len(prompts) * len(seeds)})")
+    return SweepSpec(
+        model=model, prompts=prompts, seeds=seeds, grid=grid, name=name, negative_prompt=negative, noise=noise,
+        metrics=metrics, trace=trace, images=images, output_type=output_type, batch_size=batch_size,
+        branches=branches, prompt_source=source,
+    )
+
+
+# --------------------------------------------------------------------- sections
+def _check_keys(data: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
+    for key in data:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            place = f"{where}." if where else ""
+            raise SpecError(f"unknown key {place}{key!r}{hint}; allowed keys{' of ' + where if where else ''}: "
+                            f"{', '.join(allowed)}")
+
+
+def _choice(key: str, value: Any, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise SpecError(f"{key} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+    return str(value)
+
+
+def _positive_int(key: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise SpecError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _parse_names(key: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise SpecError(f"{key} must be a list of names, got {value!r}")
+    names: list[str] = []
+    for index, item in enumerate(value):
+        if not isinstance(item, str) or not item:
+            raise SpecError(f"{key}[{index}] must be a name (string), got {item!r}")
+        if item in names:
+            raise SpecError(f"{key}[{index}]: {item!r} is listed twice")
+        names.append(item)
+    return tuple(names)
+
+
+def _parse_model(value: Any) -> ModelSpec:
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, Mapping):
+        raise SpecError(f"model must be a name or a mapping with keys {', '.join(MODEL_KEYS)}, got {value!r}")
+    _check_keys(value, MODEL_KEYS, "model")
+    name = value.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise SpecError(f"model.name must be a non-empty string (demo, analytic, tiny-sd, a path or a hub id), "
+                        f"got {name!r}")
+    dtype = value.get("dtype", "float32")
+    if dtype not in DTYPES:
+        raise SpecError(f"model.dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    device = value.get("device", "auto")
+    if not isinstance(device, str) or not device:
+        raise SpecError(f"model.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if device != "auto":
+        import torch
+
+        try:
+            torch.device(device)
+        except (RuntimeError, TypeError) as error:
+            raise SpecError(f"model.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from error
+    options = value.get("options") or {}
+    if not isinstance(options, Mapping):
+        raise SpecError(f"model.options must be a mapping, got {options!r}")
+    try:
+        json.dumps(_plain(options), allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise SpecError(f"model.options must hold plain JSON values: {error}") from error
+    return ModelSpec(name=name.strip(), dtype=dtype, device=device, options=_plain(options))
+
+
+def _parse_prompts(value: Any, base: Path) -> tuple[tuple[str, ...], str]:
+    if isinstance(value, str):
+        raise SpecError("prompts must be a list of strings or {file: PATH, column: NAME, limit: N}; "
+                        f"got the string {value!r} (write [{value!r}] for one prompt)")
+    if isinstance(value, Mapping):
+        _check_keys(value, ("file", "column", "limit"), "prompts")
+        if "file" not in value:
+            raise SpecError("prompts: a prompt file needs the key 'file'")
+        path = Path(str(value["file"]))
+        if not path.is_absolute():
+            path = base / path
+        limit = value.get("limit")
+        if limit is not None:
+            limit = _positive_int("prompts.limit", limit)
+        prompts = _read_prompt_file(path, value.get("column"))
+        if limit is not None:
+            prompts = prompts[:limit]
+        if not prompts:
+            raise SpecError(f"prompts.file {str(path)!r} holds no prompts")
+        return tuple(prompts), str(path)
+    if not isinstance(value, (list, tuple)) or not value:
+        raise SpecError(f"prompts must be a non-empty list of strings or {{file: PATH}}, got {value!r}")
+    prompts = []
+    for index, item in enumerate(value):
+        if isinstance(item, bool) or not isinstance(item, (str, numbers.Integral)):
+            raise SpecError(f"prompts[{index}] must be a string, got {item!r}")
+        prompts.append(str(item))  # YAML reads the demo prompt 3 as an int
+    return tuple(prompts), "inline"
+
+
+def _read_prompt_file(path: Path, column: Any) -> list[str]:
+    if not path.is_file():
+        raise SpecError(f"prompts.file {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    if suffix not in PROMPT_FILE_SUFFIXES:
+        raise SpecError(f"prompts.file must end in {', '.join(PROMPT_FILE_SUFFIXES)}, got {str(path)!r}")
+    text = path.read_text(encoding="utf-8")
+    if suffix == ".txt":
+        if column is not None:
+            raise SpecError("prompts.column applies to .csv/.tsv/.jsonl files, not .txt (one prompt a line)")
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    if suffix == ".jsonl":
+        records = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise SpecError(f"prompts.file {str(path)!r} line {number}: invalid JSON: {error}") from error
+        keys = list(records[0]) if records and isinstance(records[0], Mapping) else []
+    else:
+        reader = csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")
+        records = list(reader)
+        keys = list(reader.fieldnames or [])
+    if column is None:
+        column = next((name for name in _PROMPT_COLUMNS if name in keys), None)
+        if column is None:
+            raise SpecError(f"prompts.file {str(path)!r} has no prompt column ({', '.join(_PROMPT_COLUMNS)}); "
+                            f"give prompts.column, one of: {', '.join(map(str, keys))}")
+    if column not in keys:
+        raise SpecError(f"prompts.column {column!r} is not in {str(path)!r}; columns: {', '.join(map(str, keys))}")
+    prompts = []
+    for index, record in enumerate(records):
+        item = record.get(column) if isinstance(record, Mapping) else None
+        if not isinstance(item, str):
+            raise SpecError(f"prompts.file {str(path)!r} row {index + 1}: {column!r} must be a string, got {item!r}")
+        prompts.append(item)
+    return prompts
+
+
+def _parse_seeds(value: Any) -> tuple[int, ...]:
+    if isinstance(value, Mapping):
+        _check_keys(value, ("start", "count"), "seeds")
+        start = value.get("start", 0)
+        if isinstance(start, bool) or not isinstance(start, numbers.Integral) or start < 0:
+            raise SpecError(f"seeds.start must be an integer >= 0, got {start!r}")
+        count = _positive_int("seeds.count", value.get("count"))
+        return tuple(range(int(start), int(start) + count))
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise SpecError(f"seeds must be a non-empty list of integers or {{start: S, count: N}}, got {value!r}")
+    seeds: list[int] = []
+    for index, seed in enumerate(value):
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
+            raise SpecError(f"seeds[{index}] must be an integer in 0..2**63-1, got {seed!r}")
+        if int(seed) in seeds:
+            raise SpecError(f"seeds[{index}]: seed {seed} is listed twice")
+        seeds.append(int(seed))
+    return tuple(seeds)
+
+
+def _parse_grid(value: Any) -> dict[str, tuple[Any, ...]]:
+    if not isinstance(value, Mapping):
+        raise SpecError(f"grid must be a mapping of knobs ({', '.join(KNOBS)}) to values, got {value!r}")
+    _check_keys(value, KNOBS, "grid")
+    grid: dict[str, tuple[Any, ...]] = {}
+    for knob in KNOBS:
+        raw = value.get(knob, KNOB_DEFAULTS[knob])
+        items = _expand_values(f"grid.{knob}", raw)
+        checked = [_check_knob(f"grid.{knob}[{index}]", knob, item) for index, item in enumerate(items)]
+        seen: list[Any] = []
+        for index, item in enumerate(checked):
+            if item in seen:
+                raise SpecError(f"grid.{knob}[{index}]: value {items[index]!r} is listed twice")
+            seen.append(item)
+        grid[knob] = tuple(checked)
+    return grid
+
+
+def _expand_values(key: str, raw: Any) -> list[Any]:
+    if isinstance(raw, Mapping):
+        _check_keys(raw, ("range",), key)
+        bounds = raw.get("range")
+        if not isinstance(bounds, (list, tuple)) or not 1 <= len(bounds) <= 3 or not all(
+                isinstance(b, numbers.Integral) and not isinstance(b, bool) for b in bounds):
+            raise SpecError(f"{key}.range must be [stop], [start, stop] or [start, stop, step] of integers "
+                            f"(Python's range), got {bounds!r}")
+        values = list(range(*[int(b) for b in bounds]))
+        if not values:
+            raise SpecError(f"{key}.range {list(bounds)} is empty")
+        return values
+    values = list(raw) if isinstance(raw, (list, tuple)) else [raw]
+    if not values:
+        raise SpecError(f"{key} must not be an empty list")
+    return values
+
+
+def _check_knob(key: str, knob: str, value: Any) -> Any:
+    if knob in ("num_inference_steps", "rounds"):
+        return _positive_int(key, value)
+    if knob in ("guidance_scale", "inversion_guidance_scale"):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise SpecError(f"{key} must be a finite number, got {value!r}")
+        return float(value)
+    if knob == "zigzag_steps":
+        if value in ("full", None):
+            return "full"
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise SpecError(f"{key} (lambda) must be an integer >= 0 or 'full' (T-1), got {value!r}")
+        return int(value)
+    if knob == "zag":
+        return _choice(key, value, ZAG_OPERATORS)
+    return _choice(key, value, ZAG_EVAL_TIMESTEPS)
+
+
+def _parse_trace(value: Any) -> TraceSpec | None:
+    if value is False or value is None:
+        return None
+    if value is True:
+        return TraceSpec()
+    if isinstance(value, str):
+        value = {"keep": value}
+    if not isinstance(value, Mapping):
+        raise SpecError(f"trace must be true, false or a mapping with keys {', '.join(TRACE_KEYS)}, got {value!r}")
+    _check_keys(value, TRACE_KEYS, "trace")
+    from zsampling.trace import KEEP_KINDS
+
+    keep = value.get("keep", "scalars")
+    kinds = list(KEEP_KINDS) if keep == "all" else ([keep] if isinstance(keep, str) else keep)
+    if not isinstance(kinds, (list, tuple)) or not all(k in KEEP_KINDS for k in kinds):
+        raise SpecError(f"trace.keep must be 'all' or a list from {', '.join(KEEP_KINDS)}, got {keep!r}")
+    kinds = sorted(set(kinds) | {"scalars"}, key=KEEP_KINDS.index)
+    latent_dtype = value.get("latent_dtype", "float16")
+    if latent_dtype not in DTYPES:
+        raise SpecError(f"trace.latent_dtype must be one of {', '.join(DTYPES)}, got {latent_dtype!r}")
+    downsample = value.get("downsample")
+    if downsample is not None:
+        downsample = _positive_int("trace.downsample", downsample)
+    every = _positive_int("trace.every", value.get("every", 1))
+    decode_every = value.get("decode_every")
+    if decode_every is not None:
+        decode_every = _positive_int("trace.decode_every", decode_every)
+    step_metrics = _parse_names("trace.step_metrics", value.get("step_metrics", []))
+    return TraceSpec(keep=tuple(kinds), latent_dtype=latent_dtype, downsample=downsample,
+                     step_metrics=step_metrics, every=every, decode_every=decode_every)
+
+
+def _plain(value: Any) -> Any:
+    """Mappings and sequences as dicts and lists (for JSON and hashing)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
