@@ -1,0 +1,80 @@
+"""Analysis of Z-Sampling runs: records in, numbers and figures out (pandas, scipy, seaborn).
+
+Data flows one way (DESIGN.md): trace / results on disk -> analysis ->
+figures. Nothing here imports a model or a denoiser; only
+:mod:`analysis.run` reads files.
+
+Public API:
+
+* statistics: :func:`bootstrap_ci`, :func:`mean_ci`, :func:`summarize`,
+  :func:`higher_is_better` (metric direction);
+* paired comparison: :func:`win_rate`, :func:`compare` (a win-rate table
+  across metrics), :func:`pair_samples`, :func:`select`;
+* cost-aware comparison: :func:`cost_curve`, :func:`cost_matched_pairs`,
+  :func:`cost_matched_comparison`;
+* ablations: :func:`ablation_curve` (vs lambda, g2 / gap, T, rounds; hue =
+  zag operator), :func:`reference_settings`;
+* semantic gain: :func:`semantic_gain`, :func:`gain_profile`,
+  :func:`injection_schedule`, :func:`summed_gap`, :func:`injection_comparison`;
+* trajectories: :func:`trajectory_frame`, :func:`pca_project`,
+  :func:`trajectory_segments`, :func:`x0_frame`;
+* runs and figures: :func:`load_run`, :func:`build_figures`,
+  :func:`write_figures` (what ``zsampling figures`` runs) and the plotting
+  functions of :mod:`analysis.plots`.
+"""
+
+from analysis.ablation import ablation_curve
+from analysis.compare import (
+    WinRate,
+    compare,
+    cost_curve,
+    cost_matched_comparison,
+    cost_matched_pairs,
+    pair_samples,
+    select,
+    wilcoxon_p,
+    win_rate,
+)
+from analysis.gain import gain_profile, injection_comparison, injection_schedule, semantic_gain, summed_gap
+from analysis.report import FIGURES, build_figures, write_figures
+from analysis.run import RunData, load_run, sample_frame, trace_frame, trajectory_frame, x0_frame
+from analysis.stats import bootstrap_ci, higher_is_better, mean_ci, summarize
+from analysis.tables import method_label, metric_columns, operator_label, reference_settings
+from analysis.trajectory import pca_project, trajectory_segments
+
+__all__ = [
+    "FIGURES",
+    "RunData",
+    "WinRate",
+    "ablation_curve",
+    "bootstrap_ci",
+    "build_figures",
+    "compare",
+    "cost_curve",
+    "cost_matched_comparison",
+    "cost_matched_pairs",
+    "gain_profile",
+    "higher_is_better",
+    "injection_comparison",
+    "injection_schedule",
+    "load_run",
+    "mean_ci",
+    "method_label",
+    "metric_columns",
+    "operator_label",
+    "pair_samples",
+    "pca_project",
+    "reference_settings",
+    "sample_frame",
+    "select",
+    "semantic_gain",
+    "summarize",
+    "summed_gap",
+    "trace_frame",
+    "trajectory_frame",
+    "trajectory_segments",
+    "win_rate",
+    "wilcoxon_p",
+    "write_figures",
+    "x0_frame",
+]
