@@ -1,0 +1,162 @@
+"""Model presets: documented settings, offline failures, and loading a tiny local pipeline."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+
+import zsampling
+from zsampling.presets import (
+    PRESETS,
+    WeightsNotFoundError,
+    get_preset,
+    list_presets,
+    load_preset_pipeline,
+    resolve_dtype,
+)
+from zsampling.prompts import seed_generators
+from zsampling.tiny_pipelines import tiny_sdxl_pipeline
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tiny-sdxl")
+    tiny_sdxl_pipeline().save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_sdxl_preset_is_the_released_setting() -> None:
+    preset = get_preset("sdxl")
+    assert preset.hub_id == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert (preset.guidance_scale, preset.inversion_guidance_scale, preset.num_inference_steps,
+            preset.zigzag_steps, preset.rounds, preset.zag) == (5.5, 0.0, 50, 49, 1, "official")
+    assert (preset.height, preset.width, preset.dtype, preset.variant) == (1024, 1024, "float16", "fp16")
+    assert preset.scheduler_overrides == {"clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
+                                          "timestep_spacing": "leading"}
+    assert preset.vae_fp16_fix == "madebyollin/sdxl-vae-fp16-fix"
+    assert preset.guidance_from_paper
+    assert preset.sampling_kwargs() == {"num_inference_steps": 50, "guidance_scale": 5.5,
+                                        "inversion_guidance_scale": 0.0, "zigzag_steps": 49, "rounds": 1,
+                                        "zag": "official", "height": 1024, "width": 1024}
+    assert preset.sampling_kwargs(zigzag=False)["zigzag_steps"] == 0
+    assert preset.sweep_grid()["zigzag_steps"] == [0, 49]
+
+
+def test_other_presets_document_their_sources() -> None:
+    assert list_presets() == ["sdxl", "sdxl-dpo", "dreamshaper-xl", "sd15", "sd21", "pixart-alpha"]
+    expected = {  # name: (hub id, pipeline class, px, g1, prediction type)
+        "sdxl-dpo": ("stabilityai/stable-diffusion-xl-base-1.0", "StableDiffusionXLPipeline", 1024, 5.0, "epsilon"),
+        "dreamshaper-xl": ("Lykon/dreamshaper-xl-1-0", "StableDiffusionXLPipeline", 1024, 5.0, "epsilon"),
+        "sd15": ("stable-diffusion-v1-5/stable-diffusion-v1-5", "StableDiffusionPipeline", 512, 7.5, "epsilon"),
+        "sd21": ("stabilityai/stable-diffusion-2-1", "StableDiffusionPipeline", 768, 7.5, "v_prediction"),
+        "pixart-alpha": ("PixArt-alpha/PixArt-XL-2-1024-MS", "PixArtAlphaPipeline", 1024, 4.5, "epsilon"),
+    }
+    for name, (hub_id, cls, px, g1, prediction) in expected.items():
+        preset = PRESETS[name]
+        assert (preset.hub_id, preset.pipeline_class, preset.height, preset.width, preset.guidance_scale,
+                preset.prediction_type) == (hub_id, cls, px, px, g1, prediction)
+        assert not preset.guidance_from_paper
+        assert "not from the paper" in preset.sources["guidance_scale"] and "not from the paper" in preset.notes
+        assert preset.scheduler_overrides["clip_sample"] is False
+        assert preset.to_dict()["name"] == name
+    assert [c.hub_id for c in PRESETS["sdxl-dpo"].components] == ["mhdang/dpo-sdxl-text2image-v1"]
+    assert PRESETS["sd15"].hub_id_alternatives == ("runwayml/stable-diffusion-v1-5",)
+
+
+def test_aliases_and_unknown_names() -> None:
+    assert get_preset("SD-2.1").name == "sd21" and get_preset("dpo-sdxl").name == "sdxl-dpo"
+    assert get_preset("pixart").name == "pixart-alpha"
+    with pytest.raises(ValueError, match=r"unknown model preset 'sdxll' \(did you mean 'sdxl'\?\)"):
+        get_preset("sdxll")
+
+
+def test_dtype_resolution() -> None:
+    preset = get_preset("sdxl")
+    assert resolve_dtype(None, preset, torch.device("cpu")) == torch.float32
+    assert resolve_dtype(None, preset, torch.device("cuda")) == torch.float16
+    assert resolve_dtype("bf16", preset, torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        resolve_dtype("int8", preset, torch.device("cpu"))
+
+
+def test_absent_weights_fail_fast_offline(offline: None, tiny_sdxl_dir: Path) -> None:
+    begin = time.perf_counter()
+    with pytest.raises(WeightsNotFoundError) as error:
+        load_preset_pipeline("sdxl", device="cpu")
+    message = str(error.value)
+    assert "stabilityai/stable-diffusion-xl-base-1.0" in message and "HF_HUB_OFFLINE" in message
+    assert "local_path=" in message and "--model-path" in message
+    assert time.perf_counter() - begin < 5
+    with pytest.raises(WeightsNotFoundError, match="mhdang/dpo-sdxl-text2image-v1"):
+        load_preset_pipeline("sdxl-dpo", local_path=tiny_sdxl_dir, device="cpu")
+    with pytest.raises(WeightsNotFoundError, match="madebyollin/sdxl-vae-fp16-fix"):
+        load_preset_pipeline("sdxl", local_path=tiny_sdxl_dir, device="cpu", vae="fp16-fix")
+
+
+def test_bad_local_paths_and_options(tmp_path: Path, tiny_sdxl_dir: Path) -> None:
+    with pytest.raises(WeightsNotFoundError, match="does not exist"):
+        load_preset_pipeline("sdxl", local_path=tmp_path / "nope", device="cpu")
+    with pytest.raises(WeightsNotFoundError, match="no model_index.json"):
+        load_preset_pipeline("sdxl", local_path=tmp_path, device="cpu")
+    with pytest.raises(ValueError, match="cpu_offload .* needs device='cuda'"):
+        load_preset_pipeline("sdxl", local_path=tiny_sdxl_dir, device="cpu", cpu_offload=True)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            load_preset_pipeline("sdxl", local_path=tiny_sdxl_dir, device="cuda")
+    with pytest.raises(ValueError, match="expects a StableDiffusionPipeline, .* holds a StableDiffusionXLPipeline"):
+        load_preset_pipeline("sd15", local_path=tiny_sdxl_dir, device="cpu")
+
+
+def test_local_tiny_pipeline_loads_and_samples(offline: None, tiny_sdxl_dir: Path) -> None:
+    pipe = load_preset_pipeline("sdxl", local_path=tiny_sdxl_dir, device="cpu")
+    assert isinstance(pipe, StableDiffusionXLPipeline) and isinstance(pipe.scheduler, DDIMScheduler)
+    config = pipe.scheduler.config
+    assert (config.timestep_spacing, config.steps_offset, config.set_alpha_to_one, config.clip_sample) == (
+        "leading", 1, False, False)
+    assert pipe.unet.dtype == torch.float32
+
+    kwargs = {**get_preset("sdxl").sampling_kwargs(), "num_inference_steps": 2, "zigzag_steps": 1,
+              "height": 64, "width": 64}
+    prompts = ["a cat", "a dog"]
+    out = zsampling.sample(pipe, prompts, generator=seed_generators([0, 1]), output_type="pt", progress=False,
+                           **kwargs)
+    assert out.images.shape == (2, 3, 64, 64) and torch.isfinite(out.latents).all()
+    assert out.nfe == 2 * 2 + 3 * 1
+    # prompt i <-> seed i: a sample's noise depends on its own seed, not on the batch
+    alone = zsampling.sample(pipe, prompts[1:], generator=seed_generators([1]), output_type="latent",
+                             progress=False, **kwargs)
+    torch.testing.assert_close(alone.latents[0], out.latents[1], rtol=1e-4, atol=1e-4)
+
+
+def test_local_load_options(tiny_sdxl_dir: Path) -> None:
+    pipe = load_preset_pipeline("sdxl", local_path=tiny_sdxl_dir, device="cpu", vae_upcast=False, compile=True,
+                                dtype="float32")
+    assert pipe.vae.config.force_upcast is False
+    assert getattr(pipe.unet, "_compiled_call_impl", None) is not None  # compiled lazily on the first call
+    dpo = load_preset_pipeline("sdxl-dpo", local_path=tiny_sdxl_dir, unet_path=tiny_sdxl_dir, device="cpu")
+    assert isinstance(dpo.scheduler, DDIMScheduler)
+
+
+def test_paper_sweep_specs_match_presets() -> None:
+    from zsampling.sweep import load_spec
+
+    folder = Path(__file__).resolve().parents[1] / "configs" / "paper"
+    names = sorted(path.stem for path in folder.glob("*.yaml"))
+    assert names == sorted(name for name, preset in PRESETS.items() if not preset.components)
+    for name in names:
+        preset = PRESETS[name]
+        spec = load_spec(folder / f"{name}.yaml")
+        assert spec.model.name == preset.hub_id and spec.model.dtype == preset.dtype
+        assert spec.model.options["height"] == preset.height and spec.model.options.get("variant") == preset.variant
+        for knob, values in preset.sweep_grid().items():
+            assert list(spec.grid[knob]) == values, (name, knob)
+        assert spec.seeds == (0,) and spec.noise == "seed_prompt" and spec.images

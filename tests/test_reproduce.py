@@ -1,0 +1,108 @@
+"""``zsampling reproduce``: prompts -> sweep (standard + Z-Sampling) -> scores -> win rates, on a tiny pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from zsampling import presets
+from zsampling.cli import app
+from zsampling.metrics import base as scorer_base
+from zsampling.presets import WeightsNotFoundError
+from zsampling.reproduce import PAPER_WIN_RATES, paper_spec, reproduce
+from zsampling.tiny_pipelines import tiny_sdxl_pipeline
+
+
+class MeanBrightness:
+    """A cheap scorer: mean pixel value (higher is better); counts its calls."""
+
+    name = "brightness"
+    higher_is_better = True
+    calls = 0
+
+    def score(self, images: torch.Tensor, prompts: list[str] | None = None) -> torch.Tensor:
+        MeanBrightness.calls += 1
+        assert images.ndim == 4 and prompts is not None and len(prompts) == images.shape[0]
+        return images.float().mean(dim=(1, 2, 3))
+
+
+@pytest.fixture
+def brightness(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(scorer_base._REGISTRY, "brightness", MeanBrightness)
+    MeanBrightness.calls = 0
+
+
+def test_paper_spec_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(presets, "_offline", lambda: False)
+    spec = paper_spec("sdxl", ["a cat", "a dog"], device="cpu")
+    assert spec.model.name == "stabilityai/stable-diffusion-xl-base-1.0" and spec.model.dtype == "float32"
+    assert dict(spec.model.options) == {"height": 1024, "width": 1024, "scheduler": "ddim"}  # no fp16 variant on CPU
+    assert spec.grid["zigzag_steps"] == (0, 49) and spec.grid["guidance_scale"] == (5.5,)
+    assert spec.grid["num_inference_steps"] == (50,) and spec.grid["inversion_guidance_scale"] == (0.0,)
+    quick = paper_spec("sdxl", ["a cat"], device="cpu", num_inference_steps=4, dtype="float16")
+    assert quick.grid["zigzag_steps"] == (0, 3) and quick.model.options["variant"] == "fp16"
+    with pytest.raises(ValueError, match=r"save_pretrained\(DIR\) and pass model_path=DIR"):
+        paper_spec("sdxl-dpo", ["a cat"], device="cpu")
+    monkeypatch.setattr(presets, "_offline", lambda: True)
+    with pytest.raises(WeightsNotFoundError, match="stabilityai/stable-diffusion-xl-base-1.0"):
+        paper_spec("sdxl", ["a cat"], device="cpu")
+
+
+def test_reproduce_tiny_end_to_end_and_resume(tmp_path: Path, brightness: None) -> None:
+    model = tmp_path / "tiny-sdxl"
+    tiny_sdxl_pipeline().save_pretrained(model)
+    prompts = tmp_path / "drawbench.csv"
+    pd.DataFrame({"Prompts": ["a red cube", "a blue ball", "two cats", "a tree"],
+                  "Category": ["Colors", "Colors", "Counting", "Counting"]}).to_csv(prompts, index=False)
+    out = tmp_path / "run"
+    kwargs: dict[str, Any] = dict(model_path=model, scorers=["brightness"], num_inference_steps=2, height=64,
+                                  width=64, device="cpu", progress=False, n_resamples=199, batch_size=3)
+    result = reproduce("sdxl", prompts, out, **kwargs)
+
+    assert result.sweep.cells_run == 2 and len(result.results) == 8
+    assert set(result.results["method"]) == {"standard", "zigzag"}
+    assert result.results.groupby("method")["nfe"].first().to_dict() == {"standard": 4, "zigzag": 7}
+    assert result.results["brightness"].notna().all()
+    assert result.results.loc[result.results["prompt_index"] == 2, "category"].eq("Counting").all()
+    table = result.win_rates
+    assert table["category"].tolist() == ["all", "Colors", "Counting"] and (table["metric"] == "brightness").all()
+    assert table.loc[0, "n"] == 4 and 0 <= table.loc[0, "win_rate"] <= 1
+    assert table["paper_win_rate"].isna().all()  # no released number for this scorer
+    for name in ("prompts.csv", "results.csv", "win_rates.csv", "winning_rate.png", "reproduce.json",
+                 "scores/brightness.csv", "sweep/results.parquet"):
+        assert (out / name).is_file(), name
+    calls = MeanBrightness.calls
+
+    # re-running resumes: no cell re-sampled, no image re-scored; the CLI prints the win rate
+    runner = CliRunner()
+    args = ["reproduce", "sdxl", "--prompts", str(prompts), "--out", str(out), "--model-path", str(model),
+            "--scorers", "brightness", "--steps", "2", "--height", "64", "--width", "64", "--device", "cpu",
+            "--no-progress", "--batch-size", "3"]
+    cli = runner.invoke(app, args, catch_exceptions=False)
+    assert cli.exit_code == 0, cli.output
+    assert "win rate of Z-Sampling on brightness" in cli.output and "n=4" in cli.output
+    assert MeanBrightness.calls == calls
+    # another resolution is another spec: refused with the sweep's message, nothing run
+    cli = runner.invoke(app, [a if a != "64" else "32" for a in args], catch_exceptions=False)
+    assert cli.exit_code == 2 and "another spec" in cli.output
+    again = reproduce("sdxl", prompts, out, **kwargs)
+    assert again.sweep.cells_run == 0 and again.sweep.cells_skipped == 2
+    assert MeanBrightness.calls == calls
+    pd.testing.assert_frame_equal(again.win_rates, result.win_rates)
+
+
+def test_reproduce_refuses_bad_inputs_before_loading(tmp_path: Path) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\n")
+    with pytest.raises(ValueError, match="unknown scorer"):
+        reproduce("sdxl", prompts, tmp_path / "out", scorers=["nope"], device="cpu")
+    with pytest.raises(ValueError, match="unknown model preset"):
+        reproduce("sdxl-turbo-x", prompts, tmp_path / "out", device="cpu")
+    assert not (tmp_path / "out").exists()
+    assert set(PAPER_WIN_RATES) == {"pickapic", "drawbench"}
+    assert PAPER_WIN_RATES["drawbench"]["hpsv2"] == 0.94 and PAPER_WIN_RATES["pickapic"]["pick_score"] == 0.76
