@@ -7,6 +7,8 @@ does is also available from Python and Jupyter.
 from __future__ import annotations
 
 import platform
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -34,6 +36,45 @@ def info() -> None:
     typer.echo(f"zsampling {zsampling.__version__}")
     typer.echo(f"python {platform.python_version()}, torch {torch.__version__}, diffusers {diffusers.__version__}")
     typer.echo(f"cuda available: {torch.cuda.is_available()}")
+
+
+@app.command()
+def figures(
+    run_dir: Annotated[Path, typer.Argument(help="A sweep's RUN_DIR (results, cells, traces/, images/).")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for the PNG, PDF, CSV files and index.md.")] = Path(
+        "figures"),
+    seed: Annotated[int, typer.Option(help="Seed of every bootstrap interval.")] = 0,
+    n_resamples: Annotated[int, typer.Option("--n-resamples", help="Bootstrap resamples per interval.")] = 9999,
+) -> None:
+    """Write every figure RUN_DIR supports (PNG + PDF + the CSV of the numbers drawn) and index.md."""
+    from analysis.report import write_figures
+
+    if not run_dir.is_dir():
+        raise typer.BadParameter(f"{run_dir} is not a directory", param_hint="RUN_DIR")
+    outputs = write_figures(run_dir, out, seed=seed, n_resamples=n_resamples)
+    for output in outputs:
+        typer.echo(f"{output.name}: " + (f"skipped ({output.skipped})" if output.skipped else "written"))
+    typer.echo(f"index: {out / 'index.md'}")
+
+
+def _register_sweep() -> None:
+    """``zsampling sweep`` (defined in zsampling.sweep.command, which imports nothing heavy)."""
+    from zsampling.sweep.command import sweep
+
+    app.command(name="sweep")(sweep)
+
+
+_register_sweep()
+
+
+def _register_reproduce() -> None:
+    """``zsampling reproduce`` (defined in zsampling.reproduce; models load inside the command)."""
+    from zsampling.reproduce import command
+
+    app.command(name="reproduce")(command)
+
+
+_register_reproduce()
 
 
 def main() -> None:
