@@ -39,6 +39,27 @@ def info() -> None:
 
 
 @app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Output directory (re-running resumes).")] = Path("demo-output"),
+    seeds: Annotated[int, typer.Option("--seeds", help="Seeds per digit (samples per cell = 10 x seeds).")] = 20,
+    quick: Annotated[bool, typer.Option("--quick", help="Fewer values per knob (for tests and a first look).")
+                     ] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars.")] = True,
+    figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Write figures to OUT/figures.")] = True,
+) -> None:
+    """Run the Z-Sampling ablation on the shipped digits model and print the summary."""
+    import pandas as pd
+
+    from zsampling.demo_ablation import run_demo
+
+    summary = run_demo(out, seeds_per_digit=seeds, quick=quick, progress=progress, figures=figures)
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        typer.echo(summary.to_string(index=False, float_format=lambda value: f"{value:.3f}"))
+    typer.echo(f"results: {out / 'results.parquet'}, summary: {out / 'summary.csv'}"
+               + (f", figures: {out / 'figures' / 'index.md'}" if figures else ""))
+
+
+@app.command()
 def figures(
     run_dir: Annotated[Path, typer.Argument(help="A sweep's RUN_DIR (results, cells, traces/, images/).")],
     out: Annotated[Path, typer.Option("--out", help="Directory for the PNG, PDF, CSV files and index.md.")] = Path(

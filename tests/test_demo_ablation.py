@@ -1,0 +1,70 @@
+"""`zsampling demo` end to end on a small sample: the trends the issue asks for, figures, resume."""
+
+import pandas as pd
+import pytest
+import torch
+
+from zsampling.demo_ablation import GUIDANCE, STEPS, demo_specs, run_demo
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("demo")
+    summary = run_demo(out, seeds_per_digit=4, quick=True, progress=False)
+    return out, summary
+
+
+def row(summary: pd.DataFrame, **setting) -> pd.Series:
+    mask = pd.Series(True, index=summary.index)
+    for key, value in setting.items():
+        mask &= summary[key] == value
+    assert mask.sum() == 1, setting
+    return summary[mask].iloc[0]
+
+
+def test_alignment_rises_with_the_window_and_falls_with_g2(demo_run):
+    _, summary = demo_run
+    base = dict(num_inference_steps=STEPS, rounds=1, zag="official")
+    standard = row(summary, method="standard", **base)["alignment"]
+    window = [row(summary, zigzag_steps=lam, inversion_guidance_scale=0.0, **base)["alignment"]
+              for lam in (0, 12, 24)]
+    assert window[0] == standard
+    assert window[0] < window[1] < window[2]
+    gaps = [row(summary, zigzag_steps=24, inversion_guidance_scale=g2, **base)["alignment"]
+            for g2 in (0.0, GUIDANCE, 1.5 * GUIDANCE)]
+    assert gaps[0] > gaps[1] > gaps[2]
+    assert gaps[2] < standard  # g2 > g1 reflects away from the prompt
+
+
+def test_full_window_wins_with_a_ci_above_one_half(demo_run):
+    _, summary = demo_run
+    z = row(summary, method="zigzag", num_inference_steps=STEPS, zigzag_steps=24, inversion_guidance_scale=0.0,
+            rounds=1, zag="official")
+    assert z["n"] == 40 and z["nfe"] == 2 * STEPS + 3 * 24
+    assert z["ci_low"] > 0.5 and z["win_rate"] > 0.7
+
+
+def test_equal_compute_baseline_spends_the_same_rows(demo_run):
+    _, summary = demo_run
+    z_nfe = 2 * STEPS + 3 * (STEPS - 1)
+    matched = summary[(summary["method"] == "standard") & (summary["nfe"] >= z_nfe)]
+    assert len(matched) == 1 and matched.iloc[0]["nfe"] - z_nfe <= 2
+
+
+def test_outputs_figures_and_resume(demo_run):
+    out, summary = demo_run
+    for name in ("results.parquet", "results.csv", "cells.parquet", "manifest.json", "summary.csv",
+                 "figures/index.md", "figures/win_rate.png", "figures/metric_vs_lambda.csv",
+                 "figures/semantic_gain.png", "figures/sample_grid.png", "figures/x0_grid.png",
+                 "figures/metric_vs_rounds.png"):
+        assert (out / name).is_file(), name
+    before = pd.read_parquet(out / "results.parquet")
+    again = run_demo(out, seeds_per_digit=4, quick=True, progress=False, figures=False)
+    pd.testing.assert_frame_equal(again, summary)
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "results.parquet"), before)
+
+
+def test_bad_seed_count_is_refused():
+    with pytest.raises(ValueError, match="seeds_per_digit must be >= 1"):
+        demo_specs(0)
