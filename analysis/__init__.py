@@ -16,6 +16,11 @@ Public API:
   zag operator), :func:`reference_settings`;
 * semantic gain: :func:`semantic_gain`, :func:`gain_profile`,
   :func:`injection_schedule`, :func:`summed_gap`, :func:`injection_comparison`;
+* guidance-matched evaluation: :func:`matched_pairs`,
+  :func:`matched_comparison` (win rates of Z-Sampling over standard and the
+  matched CFG baselines), :func:`verdict_markdown` (the result in words),
+  :func:`matched_cost_curve`, :func:`guidance_frame` (per-step effective
+  guidance), :func:`guidance_profile`, :func:`decomposition_profile`;
 * trajectories: :func:`trajectory_frame`, :func:`pca_project`,
   :func:`trajectory_segments`, :func:`x0_frame`;
 * runs and figures: :func:`load_run`, :func:`build_figures`,
@@ -36,6 +41,15 @@ from analysis.compare import (
     win_rate,
 )
 from analysis.gain import gain_profile, injection_comparison, injection_schedule, semantic_gain, summed_gap
+from analysis.guidance import (
+    decomposition_profile,
+    guidance_frame,
+    guidance_profile,
+    matched_comparison,
+    matched_cost_curve,
+    matched_pairs,
+    verdict_markdown,
+)
 from analysis.report import FIGURES, build_figures, write_figures
 from analysis.run import RunData, load_run, sample_frame, trace_frame, trajectory_frame, x0_frame
 from analysis.stats import bootstrap_ci, higher_is_better, mean_ci, summarize
@@ -53,11 +67,17 @@ __all__ = [
     "cost_curve",
     "cost_matched_comparison",
     "cost_matched_pairs",
+    "decomposition_profile",
     "gain_profile",
+    "guidance_frame",
+    "guidance_profile",
     "higher_is_better",
     "injection_comparison",
     "injection_schedule",
     "load_run",
+    "matched_comparison",
+    "matched_cost_curve",
+    "matched_pairs",
     "mean_ci",
     "method_label",
     "metric_columns",
@@ -73,6 +93,7 @@ __all__ = [
     "trace_frame",
     "trajectory_frame",
     "trajectory_segments",
+    "verdict_markdown",
     "win_rate",
     "wilcoxon_p",
     "write_figures",

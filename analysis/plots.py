@@ -25,6 +25,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from analysis.gain import GAIN_QUANTITIES, SCHEDULES
+from analysis.guidance import BASELINE_LABELS, REFERENCE_LINES
 from analysis.stats import direction_label, higher_is_better
 from analysis.tables import AXIS_LABELS, ordered
 
@@ -42,9 +43,13 @@ COLORS: dict[str, tuple[float, float, float]] = {
     "zig": PALETTE[0],
     "zag": PALETTE[3],
     "step": PALETTE[2],
+    "cfg_matched_nfe": PALETTE[4],
+    "cfg_matched_measured": PALETTE[5],
+    "cfg_matched_first_order": PALETTE[8],
 }
-"""Fixed colours: methods and operators keep theirs across figures; zig /
-zag / step moves in trajectories."""
+COLORS.update({label: COLORS[name] for name, label in BASELINE_LABELS.items()})
+"""Fixed colours: methods and operators keep theirs across figures (the
+matched CFG baselines included); zig / zag / step moves in trajectories."""
 
 _EXTRA = [PALETTE[k] for k in (4, 5, 6, 8, 9, 2, 3)]
 
@@ -114,7 +119,8 @@ def _subset(frame: pd.DataFrame, column: str | None, value: Any) -> pd.DataFrame
     return frame[frame[column] == value]
 
 
-def _figure_legend(fig: Figure, title: str | None = None, loc: str = "outside lower center") -> None:
+def _figure_legend(fig: Figure, title: str | None = None, loc: str = "outside lower center",
+                   ncols: int = 4) -> None:
     """One legend for the whole figure, outside the panels, from every axes' labelled artists (deduplicated)."""
     handles: dict[str, Any] = {}
     for ax in fig.axes:
@@ -122,7 +128,7 @@ def _figure_legend(fig: Figure, title: str | None = None, loc: str = "outside lo
             if not label.startswith("_"):
                 handles.setdefault(label, handle)
     if handles:
-        fig.legend(list(handles.values()), list(handles), loc=loc, title=title, ncols=min(len(handles), 4))
+        fig.legend(list(handles.values()), list(handles), loc=loc, title=title, ncols=min(len(handles), ncols))
 
 
 def _heading(*parts: Any) -> str:
@@ -136,7 +142,8 @@ def _short_metric(metric: str) -> str:
 
 # --------------------------------------------------------------------- win rate
 @styled
-def plot_win_rate(table: pd.DataFrame, *, title: str | None = None) -> Figure:
+def plot_win_rate(table: pd.DataFrame, *, title: str | None = None, hue: str = "operator",
+                  hue_title: str = "zag operator") -> Figure:
     """Win-rate bars of Z-Sampling over a baseline, per metric, with 95 % CIs.
 
     Args:
@@ -144,16 +151,19 @@ def plot_win_rate(table: pd.DataFrame, *, title: str | None = None) -> Figure:
             ``metric``) with ``win_rate``, ``ci_low``, ``ci_high``,
             ``p_value`` (``comparison`` and ``model`` are optional facets:
             columns and rows).
+        hue: the column that colours the bars (default the zag operator;
+            e.g. ``"baseline"`` for the guidance-matched comparison).
+        hue_title: its legend title.
 
     Bars are grouped by metric (arrow = the metric's better direction) and
-    coloured by zag operator; the dashed line is 0.5 (no difference) and each
+    coloured by ``hue``; the dashed line is 0.5 (no difference) and each
     bar is labelled with its Wilcoxon p-value.
     """
-    _require(table, ["operator", "metric", "win_rate", "ci_low", "ci_high", "p_value"], "plot_win_rate")
+    _require(table, [hue, "metric", "win_rate", "ci_low", "ci_high", "p_value"], "plot_win_rate")
     comparisons, models = _facet_values(table, "comparison"), _facet_values(table, "model")
     fig, axes = new_figure(len(models), len(comparisons), panel=(max(3.0, 1.1 * table["metric"].nunique() + 1.2),
                                                                  2.8), sharey=True)
-    operators = ordered(table["operator"])
+    operators = ordered(table[hue]) if hue == "operator" else list(pd.unique(table[hue]))
     metrics = list(pd.unique(table["metric"]))
     width = 0.8 / max(len(operators), 1)
     for r, model in enumerate(models):
@@ -161,14 +171,14 @@ def plot_win_rate(table: pd.DataFrame, *, title: str | None = None) -> Figure:
             ax = axes[r, c]
             part = _subset(_subset(table, "model", model), "comparison", comparison)
             for k, operator in enumerate(operators):
-                rows = part[part["operator"] == operator].set_index("metric").reindex(metrics).dropna(
+                rows = part[part[hue] == operator].set_index("metric").reindex(metrics).dropna(
                     subset=["win_rate"])
                 if rows.empty:
                     continue
                 x = np.array([metrics.index(m) for m in rows.index]) + (k - (len(operators) - 1) / 2) * width
                 y = rows["win_rate"].to_numpy(dtype=float)
                 err = np.vstack([y - rows["ci_low"].to_numpy(dtype=float), rows["ci_high"].to_numpy(dtype=float) - y])
-                ax.bar(x, y, width=width * 0.95, color=color_for(operator, operators), label=operator,
+                ax.bar(x, y, width=width * 0.95, color=color_for(str(operator), operators), label=operator,
                        yerr=np.clip(err, 0, None), capsize=2.5, error_kw={"elinewidth": 0.9})
                 for xi, hi, p in zip(x, rows["ci_high"], rows["p_value"], strict=True):
                     ax.text(xi, min(float(hi), 1.0) + 0.02, f"p={p:.2g}", ha="center", va="bottom", fontsize=6)
@@ -180,7 +190,7 @@ def plot_win_rate(table: pd.DataFrame, *, title: str | None = None) -> Figure:
             heading = _heading(_model_label(model, models), comparison)
             if heading:
                 ax.set_title(heading)
-    _figure_legend(fig, "zag operator")
+    _figure_legend(fig, hue_title, ncols=max(2, min(4, int(fig.get_figwidth() // 2.2))))
     fig.suptitle(title or "Win rate of Z-Sampling over standard sampling (paired by prompt and seed)", fontsize=10)
     return fig
 
@@ -241,25 +251,30 @@ def plot_ablation(curve: pd.DataFrame, x: str, *, title: str | None = None) -> F
 
 
 @styled
-def plot_cost(curve: pd.DataFrame, *, title: str | None = None) -> Figure:
+def plot_cost(curve: pd.DataFrame, *, title: str | None = None, row: str = "model",
+              label: str | None = None, panel: tuple[float, float] = (3.4, 2.7)) -> Figure:
     """A metric against network rows per sample (NFE), one line per method, points labelled with T.
 
     Args:
         curve: :func:`analysis.compare.cost_curve`'s output (``metric``,
             ``method``, ``num_inference_steps``, ``nfe``, ``mean``,
             ``ci_low``, ``ci_high``; optional ``model`` facet rows).
+        row: the column whose values facet the rows (default ``model``).
+        label: a column appended to each point's "T=..." label (e.g.
+            ``"guidance_scale"`` shows g).
+        panel: size (width, height) of one panel in inches.
 
     The equal-compute check: a Z-Sampling point is compared with the
     standard line at the same x (standard sampling given more steps).
     """
     _require(curve, ["metric", "method", "num_inference_steps", "nfe", "mean", "ci_low", "ci_high"], "plot_cost")
-    metrics, models = list(pd.unique(curve["metric"])), _facet_values(curve, "model")
+    metrics, models = list(pd.unique(curve["metric"])), _facet_values(curve, row)
     methods = ordered(curve["method"])
-    fig, axes = new_figure(len(models), len(metrics))
+    fig, axes = new_figure(len(models), len(metrics), panel=panel)
     for r, model in enumerate(models):
         for c, metric in enumerate(metrics):
             ax = axes[r, c]
-            part = _subset(curve, "model", model)
+            part = _subset(curve, row, model)
             part = part[part["metric"] == metric]
             for method in methods:
                 rows = part[part["method"] == method].sort_values("nfe")
@@ -269,12 +284,14 @@ def plot_cost(curve: pd.DataFrame, *, title: str | None = None) -> Figure:
                 err = np.vstack([ys - rows["ci_low"].to_numpy(dtype=float), rows["ci_high"].to_numpy(dtype=float) - ys])
                 ax.errorbar(xs, ys, yerr=np.clip(np.nan_to_num(err), 0, None), marker="o", markersize=4, capsize=2.5,
                             color=color_for(method, methods), label=method)
-                for xi, yi, steps in zip(xs, ys, rows["num_inference_steps"], strict=True):
-                    ax.annotate(f"T={int(steps)}", (xi, yi), textcoords="offset points", xytext=(3, 4), fontsize=6)
+                extra = rows[label].to_numpy() if label is not None else [None] * len(rows)
+                for xi, yi, steps, value in zip(xs, ys, rows["num_inference_steps"], extra, strict=True):
+                    text = f"T={int(steps)}" + (f", g={float(value):.3g}" if value is not None else "")
+                    ax.annotate(text, (xi, yi), textcoords="offset points", xytext=(3, 4), fontsize=6)
             ax.set_xlabel(AXIS_LABELS["nfe"])
             ax.set_ylabel(direction_label(metric))
             ax.set_title(_heading(_model_label(model, models), metric))
-    _figure_legend(fig, "method")
+    _figure_legend(fig, "method", ncols=max(2, min(4, int(fig.get_figwidth() // 2.2))))
     fig.suptitle(title or "Metric vs compute: Z-Sampling against standard sampling with more steps", fontsize=10)
     return fig
 
@@ -347,6 +364,108 @@ def plot_semantic_gain(frame: pd.DataFrame, *, title: str | None = None) -> Figu
                 handles.setdefault(label, handle)
         fig.legend(list(handles.values()), list(handles), loc=loc, ncols=2 if c == 0 else 1)
     fig.suptitle(title or "Semantic gain of Z-Sampling's reflections (mean over samples, 95% CI)", fontsize=10)
+    return fig
+
+
+# ------------------------------------------------------- guidance-matched evaluation
+_REFERENCE_COLORS: dict[str, tuple[float, float, float]] = {
+    REFERENCE_LINES["g1"]: COLORS["standard"],
+    REFERENCE_LINES["first_order"]: COLORS["cfg_matched_first_order"],
+    REFERENCE_LINES["measured"]: COLORS["cfg_matched_measured"],
+}
+"""Reference lines of the effective-guidance figure share the colours of the matching baselines."""
+
+
+@styled
+def plot_effective_guidance(frame: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """Per-step effective guidance of Z-Sampling, with g1, the first-order value and the measured mean.
+
+    Args:
+        frame: :func:`analysis.guidance.guidance_profile`'s output
+            (``quantity``, ``step``, ``mean``, ``ci_low``, ``ci_high``;
+            optional ``operator`` facet rows). Rows with ``step`` NaN are
+            reference values, drawn as horizontal lines.
+
+    Solid: the norm form ||g1 d + sum v|| / ||d|| (the critique's
+    definition); dashed: the signed parallel form; the band is the 95 %
+    bootstrap CI over samples. The y axis is clipped to the central range
+    of the curves (the last steps, where ||d|| -> 0, can be far off).
+    """
+    _require(frame, ["quantity", "step", "mean", "ci_low", "ci_high"], "plot_effective_guidance")
+    operators = _facet_values(frame, "operator")
+    fig, axes = new_figure(len(operators), 1, panel=(5.2, 2.9))
+    styles = ["-", "--"]
+    for r, operator in enumerate(operators):
+        ax = axes[r, 0]
+        part = _subset(frame, "operator", operator)
+        curves = part[part["step"].notna()]
+        lines = part[part["step"].isna()]
+        for k, quantity in enumerate(pd.unique(curves["quantity"])):
+            rows = curves[curves["quantity"] == quantity].sort_values("step")
+            xs = rows["step"].to_numpy(dtype=float)
+            color = PALETTE[k]
+            ax.plot(xs, rows["mean"].to_numpy(dtype=float), linestyle=styles[k % 2], color=color, marker="o",
+                    markersize=2.5, label=str(quantity))
+            low, high = rows["ci_low"].to_numpy(dtype=float), rows["ci_high"].to_numpy(dtype=float)
+            if np.isfinite(low).any():
+                ax.fill_between(xs, low, high, color=color, alpha=0.18, linewidth=0)
+        for k, (_, line) in enumerate(lines.iterrows()):
+            color = _REFERENCE_COLORS.get(str(line["quantity"]), _EXTRA[k % len(_EXTRA)])
+            ax.axhline(float(line["mean"]), color=color, linestyle=":", linewidth=1.4,
+                       label=f"{line['quantity']} = {float(line['mean']):.2f}")
+        values = curves["mean"].to_numpy(dtype=float)
+        values = np.concatenate([values[np.isfinite(values)], lines["mean"].to_numpy(dtype=float)])
+        if values.size:
+            low, high = np.percentile(values, [5, 95])
+            pad = 0.15 * max(high - low, 1.0)
+            ax.set_ylim(min(low, lines["mean"].min()) - pad, max(high, lines["mean"].max()) + pad)
+        ax.set_xlabel("step i")
+        ax.set_ylabel("effective guidance scale")
+        ax.set_title(_heading("effective guidance per step", f"zag: {operator}" if operator is not None else None))
+    _figure_legend(fig, ncols=2)
+    fig.suptitle(title or "Effective guidance of Z-Sampling per step (mean over samples, 95% CI)", fontsize=10)
+    return fig
+
+
+@styled
+def plot_guidance_decomposition(frame: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """The reflections' gain along the guidance direction vs orthogonal to it, per step and cumulative.
+
+    Args:
+        frame: :func:`analysis.guidance.decomposition_profile`'s output
+            (``panel``, ``quantity``, ``step``, ``mean``, ``ci_low``,
+            ``ci_high``; optional ``operator`` facet rows).
+
+    The part along eps_c - eps_u is what a larger CFG scale also gives; the
+    orthogonal part is what stronger guidance cannot give.
+    """
+    _require(frame, ["panel", "quantity", "step", "mean", "ci_low", "ci_high"], "plot_guidance_decomposition")
+    operators = _facet_values(frame, "operator")
+    panels = [p for p in ("per step", "cumulative") if p in set(frame["panel"])]
+    fig, axes = new_figure(len(operators), len(panels), panel=(3.9, 2.7))
+    colors = {"along": PALETTE[4], "orthogonal": PALETTE[5]}
+    for r, operator in enumerate(operators):
+        for c, panel in enumerate(panels):
+            ax = axes[r, c]
+            part = _subset(frame, "operator", operator)
+            part = part[part["panel"] == panel]
+            for quantity in pd.unique(part["quantity"]):
+                rows = part[part["quantity"] == quantity].sort_values("step")
+                color = colors["along" if str(quantity).startswith("along") else "orthogonal"]
+                xs = rows["step"].to_numpy(dtype=float)
+                ax.plot(xs, rows["mean"].to_numpy(dtype=float), color=color,
+                        marker="o" if panel == "per step" else None, markersize=2.5, label=str(quantity))
+                low, high = rows["ci_low"].to_numpy(dtype=float), rows["ci_high"].to_numpy(dtype=float)
+                if np.isfinite(low).any():
+                    ax.fill_between(xs, low, high, color=color, alpha=0.18, linewidth=0)
+            ax.axhline(0.0, color="0.4", linewidth=0.7)
+            ax.set_xlabel("step i")
+            ax.set_ylabel("latent units")
+            heading = "gain per reflecting step" if panel == "per step" else "cumulative gain"
+            ax.set_title(_heading(heading, f"zag: {operator}" if operator is not None else None))
+    _figure_legend(fig)
+    fig.suptitle(title or "Reflection gain along vs orthogonal to eps_c \N{MINUS SIGN} eps_u (mean, 95% CI)",
+                 fontsize=10)
     return fig
 
 

@@ -24,6 +24,14 @@ from analysis import plots
 from analysis.ablation import ablation_curve
 from analysis.compare import compare, cost_curve, cost_matched_pairs, select
 from analysis.gain import GAIN_QUANTITIES, gain_profile, injection_schedule, semantic_gain
+from analysis.guidance import (
+    decomposition_profile,
+    guidance_frame,
+    guidance_profile,
+    matched_comparison,
+    matched_cost_curve,
+    short_setting,
+)
 from analysis.run import RunData, load_run, sample_frame, trajectory_frame, x0_frame
 from analysis.stats import N_RESAMPLES, SEED
 from analysis.tables import PAIR_KEYS, fixed_except, metric_columns, operator_label, ordered, reference_settings
@@ -424,6 +432,87 @@ def _build_zag_operator(run: RunData, opts: dict[str, Any]) -> tuple[pd.DataFram
     return data, plots.plot_zag_operator(data)
 
 
+def _matched(run: RunData) -> pd.DataFrame:
+    """The run's matched-baseline table (or the links inferred from ``method``)."""
+    results = _results(run)
+    _zigzag(results)
+    if not results["method"].isin(("cfg_matched_nfe", "cfg_matched_measured", "cfg_matched_first_order")).any():
+        raise SkipFigure("the run has no matched baselines (sweep with matched_baselines: true, or "
+                         "zsampling sweep --matched-baselines)")
+    return run.matched if run.matched is not None else pd.DataFrame(columns=["cell", "method", "source_cell"])
+
+
+def matched_win_rate_data(run: RunData, seed: int = SEED, n_resamples: int = N_RESAMPLES) -> pd.DataFrame:
+    """Win rates of each Z-Sampling cell over standard sampling (same T, g1) and its matched CFG baselines."""
+    results = _results(run)
+    matched = _matched(run)
+    try:
+        data = matched_comparison(results, matched, _per_sample_metrics(results), seed=seed, n_resamples=n_resamples)
+    except ValueError as error:
+        raise SkipFigure(str(error)) from error
+    data = data[data["n"] > 0].reset_index(drop=True)
+    if data.empty:
+        raise SkipFigure("Z-Sampling and its matched baselines share no (prompt_index, seed)")
+    data.insert(0, "comparison", data.apply(short_setting, axis=1))
+    return data
+
+
+def _build_matched_win_rate(run: RunData, opts: dict[str, Any]) -> tuple[pd.DataFrame, Figure]:
+    data = matched_win_rate_data(run, **opts)
+    figure = plots.plot_win_rate(data, hue="baseline_label", hue_title="baseline",
+                                 title="Win rate of Z-Sampling over plain CFG baselines (paired by prompt and seed)")
+    return data, figure
+
+
+def matched_cost_data(run: RunData, seed: int = SEED, n_resamples: int = N_RESAMPLES) -> pd.DataFrame:
+    """Metric vs NFE: Z-Sampling, standard sampling at g1 and the matched CFG baselines, per Z-Sampling cell."""
+    results = _results(run)
+    matched = _matched(run)
+    try:
+        return matched_cost_curve(results, matched, _per_sample_metrics(results), seed=seed, n_resamples=n_resamples)
+    except ValueError as error:
+        raise SkipFigure(str(error)) from error
+
+
+def _build_matched_cost(run: RunData, opts: dict[str, Any]) -> tuple[pd.DataFrame, Figure]:
+    data = matched_cost_data(run, **opts)
+    figure = plots.plot_cost(data, row="panel", label="guidance_scale", panel=(4.6, 3.0),
+                             title="Metric vs NFE: Z-Sampling, standard and "
+                                   "matched CFG")
+    return data, figure
+
+
+def _guidance_cells(run: RunData) -> pd.DataFrame:
+    refs, cells = _reference_traces(run)
+    frame = guidance_frame(run, list(cells.values()))
+    if not frame["reflects"].any():
+        raise SkipFigure("the reference traces have no reflections")
+    if frame.loc[frame["reflects"], "eff_guidance"].isna().all():
+        raise SkipFigure("the reference traces have no guidance direction (g1 in {0, 1} computes one branch; record "
+                         "with branches: both)")
+    return frame
+
+
+def effective_guidance_data(run: RunData, seed: int = SEED, n_resamples: int = N_RESAMPLES) -> pd.DataFrame:
+    """Per-step effective guidance of each operator's reference Z-Sampling cell, with reference lines."""
+    return guidance_profile(_guidance_cells(run), seed=seed, n_resamples=n_resamples)
+
+
+def _build_effective_guidance(run: RunData, opts: dict[str, Any]) -> tuple[pd.DataFrame, Figure]:
+    data = effective_guidance_data(run, **opts)
+    return data, plots.plot_effective_guidance(data)
+
+
+def guidance_decomposition_data(run: RunData, seed: int = SEED, n_resamples: int = N_RESAMPLES) -> pd.DataFrame:
+    """The reference cells' reflection gain along / orthogonal to eps_c - eps_u, per step and cumulative."""
+    return decomposition_profile(_guidance_cells(run), seed=seed, n_resamples=n_resamples)
+
+
+def _build_guidance_decomposition(run: RunData, opts: dict[str, Any]) -> tuple[pd.DataFrame, Figure]:
+    data = guidance_decomposition_data(run, **opts)
+    return data, plots.plot_guidance_decomposition(data)
+
+
 def _no_stats(build: Callable[[RunData, dict[str, Any]], tuple[pd.DataFrame, Figure]]) -> Callable[
         [RunData, dict[str, Any]], tuple[pd.DataFrame, Figure]]:
     def wrapper(run: RunData, opts: dict[str, Any]) -> tuple[pd.DataFrame, Figure]:
@@ -454,6 +543,17 @@ FIGURES: dict[str, FigureSpec] = {spec.name: spec for spec in (
                "prompts and seeds.", _no_stats(_build_sample_grid)),
     FigureSpec("zag_operator", "Win rate of the paper's DDIM zag over the released code's 'official' operator for "
                "every pair of cells that differ only in the operator.", _build_zag_operator),
+    FigureSpec("matched_win_rate", "Win rate (95% CI, Wilcoxon p) of Z-Sampling over standard sampling (same T, g1) "
+               "and over plain CFG with the network rows matched: at g1, at the measured effective guidance and at "
+               "the first-order g1 + R(g1 - g2).", _build_matched_win_rate),
+    FigureSpec("matched_metric_vs_nfe", "Each metric vs network rows per sample for Z-Sampling, standard sampling "
+               "at g1 and the matched CFG baselines (points labelled with T and g).", _build_matched_cost),
+    FigureSpec("effective_guidance", "Effective guidance per step, ||g1 d + sum v|| / ||d|| and its signed parallel "
+               "form (v = reflection gain / c_i, d = eps_c - eps_u), against g1, the first-order value and the "
+               "measured ||d||-weighted mean.", _build_effective_guidance),
+    FigureSpec("guidance_decomposition", "Reflection gain split into the part along eps_c - eps_u (what stronger "
+               "guidance also gives) and the orthogonal remainder, per step and cumulative.",
+               _build_guidance_decomposition),
 )}
 """The report's figures, in order; the keys are the stable file names."""
 
@@ -533,6 +633,7 @@ def index_markdown(outputs: list[FigureOutput], *, run_dir: str | Path, seed: in
 
 __all__ = [
     "FIGURES", "FigureOutput", "FigureSpec", "SkipFigure", "ablation_data", "build_figures", "cost_data",
-    "index_markdown", "reference_cells", "sample_grid_data", "semantic_gain_data", "trajectory_data",
+    "effective_guidance_data", "guidance_decomposition_data", "index_markdown", "matched_cost_data",
+    "matched_win_rate_data", "reference_cells", "sample_grid_data", "semantic_gain_data", "trajectory_data",
     "win_rate_data", "write_figures", "x0_grid_data", "zag_operator_data",
 ]

@@ -12,6 +12,10 @@ RUN_DIR layout (fixed by the sweep engine):
 * ``images/<cell>.safetensors``: final images under key ``"images"``,
   (N, C, H, W) in [0, 1], row order = ``sample_index`` (optional; models
   whose samples are points store (N, D));
+* ``effective_guidance.parquet`` (or ``.csv``): one row per traced cell, its
+  effective-guidance summary (optional);
+* ``matched.parquet`` (or ``.csv``): one row per matched-baseline cell and
+  the Z-Sampling cell it matches (optional; ``matched_baselines: true``);
 * ``manifest.json``.
 
 The frame builders below return plain pandas (numbers only), so plotting
@@ -49,8 +53,9 @@ def _read_table(root: Path, name: str) -> pd.DataFrame | None:
         path = root / f"{name}{suffix}"
         if path.is_file():
             frame = reader(path)
-            if "cell" in frame.columns:
-                frame["cell"] = frame["cell"].astype(str)
+            for column in ("cell", "source_cell"):
+                if column in frame.columns:
+                    frame[column] = frame[column].astype(str)
             return frame
     return None
 
@@ -65,6 +70,8 @@ class RunData:
         cells: per-cell table (None when absent).
         manifest: the parsed manifest.json ({} when absent).
         trace_files / image_files: cell -> path of the files present.
+        guidance: per-cell effective-guidance summaries (None when absent).
+        matched: matched-baseline cells and their sources (None when absent).
     """
 
     root: Path
@@ -73,6 +80,8 @@ class RunData:
     manifest: dict[str, Any]
     trace_files: dict[str, Path] = field(default_factory=dict)
     image_files: dict[str, Path] = field(default_factory=dict)
+    guidance: pd.DataFrame | None = None
+    matched: pd.DataFrame | None = None
     _traces: dict[str, Trace] = field(default_factory=dict, repr=False)
 
     def trace(self, cell: str) -> Trace:
@@ -121,7 +130,8 @@ def load_run(run_dir: str | Path) -> RunData:
             if folder.is_dir() else {}
 
     return RunData(root=root, results=_read_table(root, "results"), cells=_read_table(root, "cells"),
-                   manifest=manifest, trace_files=files("traces"), image_files=files("images"))
+                   manifest=manifest, trace_files=files("traces"), image_files=files("images"),
+                   guidance=_read_table(root, "effective_guidance"), matched=_read_table(root, "matched"))
 
 
 # ---------------------------------------------------------------- trace frames

@@ -21,12 +21,13 @@ or importing never loads a model (nor ``transformers``' CLIP)::
 
     from zsampling.metrics import get_scorer, available_scorers
 
-    available_scorers()   # ['aesthetic', 'clip_score', ..., 'digit_alignment', ...]
+    available_scorers()   # ['aesthetic', 'clip_score', 'clipping_fraction', ..., 'saturation']
     clip = get_scorer("clip_score", model="/models/clip-vit-base-patch32")
 
 For the model-based scorers ``get_scorer(name, **kwargs)`` calls the class's
-``from_pretrained(**kwargs)``; the demo-model metrics take their constructor's
-arguments.
+``from_pretrained(**kwargs)``; the demo-model metrics and the weight-free
+quality guards (``clipping_fraction``, ``saturation``: lower is better; see
+:mod:`zsampling.metrics.quality`) take their constructor's arguments.
 """
 
 from __future__ import annotations
@@ -87,6 +88,8 @@ _REGISTRY: dict[str, str | Callable[..., Any]] = {
     "digit_alignment": "zsampling.metrics.demo:DigitAlignment",
     "digit_accuracy": "zsampling.metrics.demo:DigitAccuracy",
     "nn_distance": "zsampling.metrics.demo:NearestNeighbourDistance",
+    "clipping_fraction": "zsampling.metrics.quality:ClippingFraction",
+    "saturation": "zsampling.metrics.quality:Saturation",
 }
 
 

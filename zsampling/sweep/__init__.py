@@ -15,7 +15,8 @@ or from Python::
 Output directory:
 
 * ``results.parquet`` / ``results.csv``: one row per cell x sample: ``cell``,
-  ``model``, ``method`` ("standard" when lambda = 0, else "zigzag"),
+  ``model``, ``method`` ("standard" when lambda = 0, else "zigzag"; the
+  matched baselines' kinds below),
   ``prompt``, ``prompt_index``, ``seed``, ``sample_index``, the knobs
   (``num_inference_steps``, ``guidance_scale``, ``inversion_guidance_scale``,
   ``zigzag_steps``, ``rounds``, ``zag``, ``zag_eval_timestep``), ``nfe``
@@ -32,6 +33,17 @@ Output directory:
 * ``cells/<cell>.json``: the atomic record of each finished cell;
   ``manifest.json``: spec, spec history, versions, start/end, network rows
   spent vs alone.
+* ``effective_guidance.parquet`` / ``.csv``: one row per traced cell, its
+  effective guidance (:func:`zsampling.trace.guidance_summary`: the
+  ||d||-weighted mean of ||g1 d + sum_r delta_r / c_i|| / ||d||, the window
+  mean, the signed parallel form, the first-order value g1 + rounds (g1 - g2)).
+* with ``matched_baselines: true`` (``zsampling sweep --matched-baselines``):
+  three plain-CFG cells per Z-Sampling cell, run after it on the same samples
+  with the steps raised to the same network rows, with ``method``
+  ``cfg_matched_nfe`` (at g1), ``cfg_matched_measured`` (at the measured
+  effective guidance) and ``cfg_matched_first_order`` (at 2 g1 - g2), and
+  ``matched.parquet`` / ``.csv`` linking each to its Z-Sampling cell; see
+  :mod:`zsampling.sweep.matched`.
 
 Protocol: every prompt x every seed; a sample's initial noise depends only on
 (seed, prompt_index) through its own ``torch.Generator``, so the same sample
@@ -40,6 +52,7 @@ See :mod:`zsampling.sweep.spec` for the spec format.
 """
 
 from zsampling.sweep.cells import Cell, expand_cells, initial_noise, noise_seed, sweep_samples
+from zsampling.sweep.matched import MATCHED_METHODS
 from zsampling.sweep.models import register_metric
 from zsampling.sweep.results import CELL_COLUMNS, RESULT_COLUMNS, load_results
 from zsampling.sweep.runner import SpecChangedError, SweepResult, read_manifest, run_sweep
@@ -47,6 +60,7 @@ from zsampling.sweep.spec import SpecError, SweepSpec, load_spec, parse_spec
 
 __all__ = [
     "CELL_COLUMNS",
+    "MATCHED_METHODS",
     "RESULT_COLUMNS",
     "Cell",
     "SpecChangedError",

@@ -45,7 +45,10 @@ class Cell:
     """One point of the grid: a model and one value of every knob.
 
     ``index`` is the position in the spec's grid order; ``hash`` the stable
-    identity used for file names, resume and the ``cell`` column.
+    identity used for file names, resume and the ``cell`` column. A derived
+    matched-baseline cell (:mod:`zsampling.sweep.matched`) also has
+    ``matched`` (its ``method``, e.g. "cfg_matched_measured") and ``source``
+    (the hash of the Z-Sampling cell it matches).
     """
 
     index: int
@@ -58,10 +61,14 @@ class Cell:
     rounds: int
     zag: str
     zag_eval_timestep: str
+    matched: str | None = None
+    source: str | None = None
 
     @property
     def method(self) -> str:
-        """"standard" when lambda == 0, else "zigzag"."""
+        """"standard" when lambda == 0, else "zigzag"; a matched baseline's kind for derived cells."""
+        if self.matched is not None:
+            return self.matched
         return "standard" if self.zigzag_steps == 0 else "zigzag"
 
     def knobs(self) -> dict[str, Any]:

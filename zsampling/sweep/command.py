@@ -30,6 +30,9 @@ def sweep(
     device: Annotated[str | None, typer.Option("--device", help="Device (overrides model.device).",
                                                show_default=False)] = None,
     no_share: Annotated[bool, typer.Option("--no-share", help="Run every cell alone (no prefix sharing).")] = False,
+    matched_baselines: Annotated[bool, typer.Option(
+        "--matched-baselines", help="After each Z-Sampling cell, run plain CFG at its measured effective guidance, "
+        "at g1 and at 2*g1-g2, with steps raised to the same network rows (spec key matched_baselines).")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar with ETA.")] = True,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the plan; run nothing.")] = False,
     wandb: Annotated[bool, typer.Option("--wandb", help="Log the sweep to one W&B run (WANDB_MODE is respected).")
@@ -53,7 +56,12 @@ def sweep(
     from zsampling.sweep.spec import SpecError, load_spec
 
     try:
-        spec_obj = load_spec(spec, {"batch_size": batch_size} if batch_size is not None else None)
+        overrides: dict[str, object] = {}
+        if batch_size is not None:
+            overrides["batch_size"] = batch_size
+        if matched_baselines:
+            overrides["matched_baselines"] = True
+        spec_obj = load_spec(spec, overrides or None)
         selection = parse_assignments([*(assignments or []), *(cell or [])])
         cells = select_cells(spec_obj, expand_cells(spec_obj), selection) if selection else expand_cells(spec_obj)
         if wandb_sweep is not None:
@@ -73,6 +81,12 @@ def sweep(
             typer.echo(f"spec {spec} (hash {spec_obj.hash}): {len(cells)} cells in {len(groups)} lambda-sharing "
                        f"groups, {spec_obj.num_samples} samples per cell ({len(spec_obj.prompts)} prompts x "
                        f"{len(spec_obj.seeds)} seeds), {alone} network rows if run one by one")
+            if spec_obj.matched_baselines:
+                from zsampling.sweep.matched import MATCHED_METHODS
+
+                zig = sum(1 for c in cells if c.method == "zigzag")
+                typer.echo(f"matched baselines: {len(MATCHED_METHODS) * zig} more cells ({', '.join(MATCHED_METHODS)}"
+                           f" for each of {zig} Z-Sampling cells), derived from their traces after they run")
             return
         if out is None:
             raise SpecError("--out DIR is required (the sweep's output directory)")

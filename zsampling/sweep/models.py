@@ -30,7 +30,9 @@ Metrics (``metrics:``): per-sample metrics have ``name``,
 metrics ``score_set(images, prompts) -> float`` per cell. Built in: demo
 ``alignment``, ``accuracy``, ``nn_distance`` (per sample) and
 ``frechet_pca`` (set); analytic ``posterior`` (P(prompted components | x0)
-under the clean mixture). :func:`register_metric` adds more.
+under the clean mixture); the weight-free quality guards
+``clipping_fraction`` (demo and diffusers models) and ``saturation``
+(diffusers models, RGB), both lower-is-better. :func:`register_metric` adds more.
 """
 
 from __future__ import annotations
@@ -393,6 +395,21 @@ register_metric("frechet_pca", lambda model: FrechetPCA(demo_dir(model.spec)), l
                 higher_is_better=False)
 register_metric("posterior", lambda model: PosteriorMetric(model.pipe), level="sample", kinds=("analytic",),
                 higher_is_better=True)
+
+
+def _quality_metric(cls_name: str) -> Callable[[LoadedModel], Any]:
+    def factory(model: LoadedModel) -> Any:
+        from zsampling.metrics import quality
+
+        return getattr(quality, cls_name)()
+
+    return factory
+
+
+register_metric("clipping_fraction", _quality_metric("ClippingFraction"), level="sample",
+                kinds=("demo", "diffusers"), higher_is_better=False)
+register_metric("saturation", _quality_metric("Saturation"), level="sample", kinds=("diffusers",),
+                higher_is_better=False)
 
 
 def check_metric_files(model: ModelSpec, kind: str, metrics: Sequence[str]) -> None:

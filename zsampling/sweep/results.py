@@ -16,7 +16,16 @@ complete. :func:`build_tables` merges every record into
   :data:`CELL_COLUMNS` then one float column per set-level metric;
 
 both ordered by the cells' grid order (cells added by ``--extend`` after the
-earlier ones) and then by ``sample_index``. ``wall_time_s`` is a cell's wall
+earlier ones) and then by ``sample_index``. :func:`build_guidance_tables`
+adds, when the records have them,
+
+* ``effective_guidance`` (``DIR/effective_guidance.parquet`` + ``.csv``): one
+  row per traced cell, columns :data:`GUIDANCE_TABLE_COLUMNS` (the cell's
+  :func:`zsampling.trace.guidance_summary`);
+* ``matched`` (``DIR/matched.parquet`` + ``.csv``): one row per derived
+  matched-baseline cell, columns :data:`MATCHED_COLUMNS` (which Z-Sampling
+  cell it matches, at what scale, with what budget).
+ ``wall_time_s`` is a cell's wall
 time as if it had run alone (its share of the shared trunk included),
 divided among its samples in ``results``.
 """
@@ -46,6 +55,19 @@ RESULT_COLUMNS: tuple[str, ...] = (
 """The fixed leading columns of ``results``; per-sample metric columns follow."""
 CELL_COLUMNS: tuple[str, ...] = (*SETTINGS_COLUMNS, "n_samples", "nfe", "wall_time_s")
 """The fixed leading columns of ``cells``; set-level metric columns follow."""
+
+GUIDANCE_TABLE_COLUMNS: tuple[str, ...] = (
+    *SETTINGS_COLUMNS, "nfe", "window_size", "first_order", "effective_guidance", "effective_guidance_window",
+    "effective_guidance_parallel", "effective_guidance_parallel_window", "effective_guidance_orthogonal_window",
+    "effective_guidance_mean", "effective_guidance_median", "orthogonal_share_window", "n_samples", "complete",
+)
+"""Columns of the ``effective_guidance`` table (see :func:`zsampling.trace.guidance_summary`)."""
+MATCHED_COLUMNS: tuple[str, ...] = (
+    "cell", "method", "source_cell", "num_inference_steps", "guidance_scale", "nfe", "source_num_inference_steps",
+    "source_guidance_scale", "source_inversion_guidance_scale", "source_zigzag_steps", "source_rounds", "source_zag",
+    "source_zag_eval_timestep", "source_nfe", "measured_scale", "measured_scale_window", "first_order_scale",
+)
+"""Columns of the ``matched`` table: the derived cell (``cell``, ``method``, T, g, NFE) and its source."""
 
 _STR = ("cell", "model", "method", "prompt", "zag", "zag_eval_timestep")
 _INT = ("prompt_index", "seed", "sample_index", "num_inference_steps", "zigzag_steps", "rounds", "nfe", "n_samples")
@@ -165,6 +187,50 @@ def build_tables(records: Iterable[Mapping[str, Any]]) -> tuple[pd.DataFrame, pd
     results = pd.DataFrame(result_rows, columns=[*RESULT_COLUMNS, *sample_metrics])
     cells = pd.DataFrame(cell_rows, columns=[*CELL_COLUMNS, *set_metrics])
     return _typed(results, sample_metrics), _typed(cells, set_metrics)
+
+
+def build_guidance_tables(records: Iterable[Mapping[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ``effective_guidance`` and ``matched`` tables of a set of cell records (empty when none apply)."""
+    guidance_rows, matched_rows = [], []
+    for record in _ordered(records):
+        settings = record["settings"]
+        summary = record.get("effective_guidance")
+        if summary:
+            row = {column: settings.get(column) for column in SETTINGS_COLUMNS}
+            row["nfe"] = record.get("nfe")
+            row.update({k: summary.get(k) for k in GUIDANCE_TABLE_COLUMNS if k not in row})
+            guidance_rows.append(row)
+        info = record.get("matched")
+        if info:
+            source = info.get("source_settings") or {}
+            matched_rows.append({
+                "cell": record["cell"], "method": settings.get("method"), "source_cell": info.get("source"),
+                "num_inference_steps": settings.get("num_inference_steps"),
+                "guidance_scale": settings.get("guidance_scale"), "nfe": record.get("nfe"),
+                **{f"source_{k}": source.get(k) for k in ("num_inference_steps", "guidance_scale",
+                                                         "inversion_guidance_scale", "zigzag_steps", "rounds", "zag",
+                                                         "zag_eval_timestep")},
+                "source_nfe": info.get("source_nfe"), "measured_scale": info.get("measured_scale"),
+                "measured_scale_window": info.get("measured_scale_window"),
+                "first_order_scale": info.get("first_order_scale"),
+            })
+    guidance = pd.DataFrame(guidance_rows, columns=list(GUIDANCE_TABLE_COLUMNS))
+    matched = pd.DataFrame(matched_rows, columns=list(MATCHED_COLUMNS))
+    for frame in (guidance, matched):
+        for column in frame.columns:
+            if column in ("first_order", "measured_scale", "measured_scale_window", "first_order_scale") \
+                    or column.startswith("effective_guidance") or column == "orthogonal_share_window":
+                frame[column] = frame[column].astype("float64")
+    return _typed(guidance, ()), matched
+
+
+def write_guidance_tables(out: Path, guidance: pd.DataFrame, matched: pd.DataFrame) -> None:
+    """Write the non-empty ``effective_guidance`` / ``matched`` tables as Parquet and CSV (atomically)."""
+    for name, frame in (("effective_guidance", guidance), ("matched", matched)):
+        if frame.empty:
+            continue
+        _atomic_frame(out / f"{name}.parquet", frame, "parquet")
+        _atomic_frame(out / f"{name}.csv", frame, "csv")
 
 
 def write_tables(out: Path, results: pd.DataFrame, cells: pd.DataFrame) -> None:

@@ -28,6 +28,16 @@ attributed once, to the trunk cell) and both totals go to the manifest.
 Processes: under ``accelerate launch`` (WORLD_SIZE > 1) each process takes a
 deterministic round-robin share of the remaining groups, writes its own
 cells, and the main process merges the tables once every cell is on disk.
+
+Matched baselines (``matched_baselines: true``): once every grid cell is on
+disk, each process derives the plain-CFG baseline cells of the finished
+Z-Sampling cells from their traces (:mod:`zsampling.sweep.matched`; the
+derivation is deterministic, so every process plans the same cells), runs
+its share of them like any other cell, and the tables include them. Every
+traced cell's record carries its effective-guidance summary
+(:func:`zsampling.trace.guidance_summary`), merged into
+``effective_guidance.parquet``; the derived cells are listed in
+``matched.parquet``.
 """
 
 from __future__ import annotations
@@ -192,19 +202,39 @@ def run_sweep(
     groups = plan_groups(todo, share_prefix=share_prefix)
     mine = assign_groups(groups, procs.index, procs.num)
     target_device = resolve_device(device or spec.model.device, procs.device)
-    stats = _Executor(spec, out, target_device, generation, session, progress, procs.index, procs.num).run(mine)
+    executor = _Executor(spec, out, target_device, generation, session, progress, procs.index, procs.num)
+    stats = executor.run(mine)
 
     if procs.num > 1:
         _wait_for(out, todo)
         procs.barrier()
-    result = SweepResult(out=out, cells_total=len(cells), cells_run=stats.cells, cells_skipped=len(cells) - len(todo),
+    total, skipped = len(cells), len(cells) - len(todo)
+    derived: list[Cell] = []
+    if spec.matched_baselines:
+        from zsampling.sweep.matched import derive_matched
+
+        pairs = derive_matched(spec, out, cells, res.read_records(out))
+        derived = [cell for cell, _ in pairs]
+        executor.matched = {cell.hash: info for cell, info in pairs}
+        done = res.read_records(out)
+        todo_matched = [cell for cell in derived if cell.hash not in done]
+        groups = plan_groups(todo_matched, share_prefix=share_prefix)
+        more = executor.run(assign_groups(groups, procs.index, procs.num))
+        stats = _Stats(stats.cells + more.cells, stats.spent + more.spent, stats.alone + more.alone,
+                       stats.compute_s + more.compute_s)
+        total, skipped = total + len(derived), skipped + len(derived) - len(todo_matched)
+        if procs.num > 1:
+            _wait_for(out, todo_matched)
+            procs.barrier()
+    result = SweepResult(out=out, cells_total=total, cells_run=stats.cells, cells_skipped=skipped,
                          network_rows_spent=stats.spent, network_rows_alone=stats.alone,
                          wall_time_s=time.perf_counter() - start, compute_s=stats.compute_s)
     if procs.is_main:
         records = res.read_records(out)
         results, cell_table = res.build_tables(records.values())
         res.write_tables(out, results, cell_table)
-        manifest = _finish_manifest(out, spec, records, cells)
+        res.write_guidance_tables(out, *res.build_guidance_tables(records.values()))
+        manifest = _finish_manifest(out, spec, records, cells, derived)
         result.results, result.cells, result.manifest = results, cell_table, manifest
         if wandb is not None:
             from zsampling.sweep.wandb_log import log_sweep
@@ -299,7 +329,7 @@ def _start_manifest(spec: SweepSpec, previous: Mapping[str, Any] | None, process
 
 
 def _finish_manifest(out: Path, spec: SweepSpec, records: Mapping[str, Mapping[str, Any]],
-                     selected: Sequence[Cell]) -> dict[str, Any]:
+                     selected: Sequence[Cell], derived: Sequence[Cell] = ()) -> dict[str, Any]:
     manifest = read_manifest(out) or {}
     finished = _now()
     session = dict(manifest.get("session") or {})
@@ -310,7 +340,12 @@ def _finish_manifest(out: Path, spec: SweepSpec, records: Mapping[str, Mapping[s
     spent = sum(int(r["network_rows"]["spent"]) for r in records.values())
     alone = sum(int(r["network_rows"]["alone"]) for r in records.values())
     all_cells = expand_cells(spec)
-    complete = all(cell.hash in records for cell in all_cells)
+    complete = all(cell.hash in records for cell in [*all_cells, *derived])
+    if spec.matched_baselines:
+        manifest["matched_baselines"] = {
+            "derived": len(derived), "finished": sum(1 for cell in derived if cell.hash in records),
+            "table": "matched.parquet", "methods": sorted({cell.method for cell in derived}),
+        }
     manifest.update(
         status="complete" if complete else "partial",
         finished=finished,
@@ -421,6 +456,8 @@ class _Executor:
         self.set_metrics = [m for m in spec.metrics if METRICS[m].level == "set"]
         self.model: LoadedModel | None = None
         self._prepared: dict[int, tuple[Any, torch.Tensor, float]] = {}
+        self.matched: dict[str, dict[str, Any]] = {}
+        """Derived cell hash -> its ``matched`` record entry (set before running matched baselines)."""
 
     def run(self, groups: Sequence[Group]) -> _Stats:
         stats = _Stats()
@@ -428,7 +465,8 @@ class _Executor:
             return stats
         from tqdm.auto import tqdm
 
-        self.model = load_model(self.spec.model, self.device)
+        if self.model is None:
+            self.model = load_model(self.spec.model, self.device)
         begin = time.perf_counter()
         total = sum(len(group.cells) for group in groups)
         bar = tqdm(total=total, desc="sweep", unit="cell", disable=not self.progress, position=self.position,
@@ -569,6 +607,11 @@ class _Executor:
             for name in self.set_metrics:
                 set_values[name] = float(self.model.metric(name).score_set(images, prompts))
         trace = concat_traces(state.traces) if state.traces else None
+        guidance = None
+        if trace is not None:
+            from zsampling.trace import guidance_summary
+
+            guidance = guidance_summary(trace)
         saved = torch.cat(state.saved).contiguous() if state.saved else None
         alone_total = 0
         for k, cell in enumerate(unit.cells):
@@ -609,6 +652,8 @@ class _Executor:
                 "network_rows": {"spent": state.spent if k == 0 else 0, "alone": alone},
                 "shared_with": [c.hash for c in unit.cells if c.hash != cell.hash],
                 "files": files,
+                "effective_guidance": guidance,
+                "matched": self.matched.get(cell.hash),
                 "created": _now(),
             })
         return alone_total

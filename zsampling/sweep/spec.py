@@ -35,6 +35,9 @@ JSON (``.json``) and :func:`parse_spec` validates a mapping into a frozen
     output_type: pt                     # pt (images in [0, 1]) | latent (final latents)
     batch_size: 64
     branches: needed                    # needed (branch-aware) | both (what the released code pays)
+    matched_baselines: false            # true: after each Z-Sampling cell, plain CFG at its measured
+                                        # effective guidance, at g1 and at 2 g1 - g2, with the steps raised
+                                        # to the same network rows (see zsampling.sweep.matched)
 
 Samples: every prompt x every seed (prompt-major). With ``noise:
 seed_prompt`` a sample's initial noise comes from its own
@@ -87,7 +90,7 @@ KNOB_DEFAULTS: dict[str, Any] = {
 
 TOP_KEYS: tuple[str, ...] = (
     "name", "model", "prompts", "negative_prompt", "seeds", "noise", "grid", "metrics", "trace", "images",
-    "output_type", "batch_size", "branches",
+    "output_type", "batch_size", "branches", "matched_baselines",
 )
 MODEL_KEYS: tuple[str, ...] = ("name", "dtype", "device", "options")
 TRACE_KEYS: tuple[str, ...] = ("keep", "latent_dtype", "downsample", "step_metrics", "every", "decode_every")
@@ -165,6 +168,7 @@ class SweepSpec:
     batch_size: int = 64
     branches: str = "needed"
     prompt_source: str = "inline"
+    matched_baselines: bool = False
 
     @property
     def num_samples(self) -> int:
@@ -193,13 +197,16 @@ class SweepSpec:
             "output_type": self.output_type,
             "batch_size": self.batch_size,
             "branches": self.branches,
+            "matched_baselines": self.matched_baselines,
         }
 
     def hashed_dict(self) -> dict[str, Any]:
         """The part of :meth:`to_dict` that defines the results: everything but
-        the name, the prompt file's path, the device and the batch size."""
+        the name, the prompt file's path, the device, the batch size and
+        ``matched_baselines`` (it adds derived cells without changing any grid
+        cell, so turning it on resumes an existing run)."""
         values = self.to_dict()
-        for key in ("name", "prompt_source", "batch_size"):
+        for key in ("name", "prompt_source", "batch_size", "matched_baselines"):
             values.pop(key)
         values["model"].pop("device")
         return values
@@ -306,6 +313,9 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path | None = None) -
         raise SpecError(f"images must be true, false or 'auto', got {images!r}")
     batch_size = _positive_int("batch_size", data.get("batch_size", 64))
     branches = _choice("branches", data.get("branches", "needed"), BRANCH_MODES)
+    matched = data.get("matched_baselines", False)
+    if not isinstance(matched, bool):
+        raise SpecError(f"matched_baselines must be true or false, got {matched!r}")
     name = data.get("name")
     if name is not None and not isinstance(name, str):
         raise SpecError(f"name must be a string, got {name!r}")
@@ -343,11 +353,17 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path | None = None) -
     if len(prompts) * len(seeds) < 2 and any(models.METRICS[m].level == "set" for m in metrics):
         raise SpecError("metrics: set-level metrics (e.g. frechet_pca) need at least 2 samples per cell "
                         f"(prompts x seeds = {len(prompts) * len(seeds)})")
-    return SweepSpec(
+    spec = SweepSpec(
         model=model, prompts=prompts, seeds=seeds, grid=grid, name=name, negative_prompt=negative, noise=noise,
         metrics=metrics, trace=trace, images=images, output_type=output_type, batch_size=batch_size,
-        branches=branches, prompt_source=source,
+        branches=branches, prompt_source=source, matched_baselines=matched,
     )
+    if matched:
+        from zsampling.sweep.cells import expand_cells
+        from zsampling.sweep.matched import check_matched_spec
+
+        check_matched_spec(spec, expand_cells(spec))
+    return spec
 
 
 # --------------------------------------------------------------------- sections

@@ -14,6 +14,10 @@ Analyse: ``trace.to_frame()`` (one row per sample x step x round x op),
 ``trace.reflections()`` (the zag rows with effective-guidance ingredients),
 ``trace.latents(i)``, ``trace.eps(i, "zig")``, ``trace.x0(i)``.
 
+Effective guidance (DESIGN.md, "Evaluation honesty"): ``trace.effective_guidance()``
+(per step: ||g1 d + sum_r delta_r / c_i|| / ||d||, its signed parallel and its
+orthogonal part) and ``trace.guidance_summary()``; see :mod:`zsampling.trace.guidance`.
+
 Store: ``trace.save(path)`` / ``Trace.load(path)`` (one safetensors file,
 JSON metadata, no pickle); :class:`TraceWriter` streams a sweep into a
 directory, one file per batch plus an append-only index; :class:`TraceDir`
@@ -37,12 +41,21 @@ keep="all" costs 512 KiB per event and 74.1 MiB per sample (18.5 MiB with
 """
 
 from zsampling.trace.data import EVENT_COLUMNS, OPS, SCALAR_NAMES, SCHEMA_VERSION, Trace, estimate_trace_bytes
+from zsampling.trace.guidance import (
+    GUIDANCE_COLUMNS,
+    effective_guidance,
+    first_order_guidance,
+    guidance_summary,
+    reflection_vectors,
+    split_along,
+)
 from zsampling.trace.recorder import KEEP_KINDS, MultiRecorder, ScorerMetric, StepMetric, StepState, TraceRecorder
 from zsampling.trace.run import expected_network_rows, sample_with_trace
 from zsampling.trace.storage import TraceDir, TraceFormatError, TraceWriter, load_traces, read_trace_meta
 
 __all__ = [
     "EVENT_COLUMNS",
+    "GUIDANCE_COLUMNS",
     "KEEP_KINDS",
     "OPS",
     "SCALAR_NAMES",
@@ -56,9 +69,14 @@ __all__ = [
     "TraceFormatError",
     "TraceRecorder",
     "TraceWriter",
+    "effective_guidance",
     "estimate_trace_bytes",
     "expected_network_rows",
+    "first_order_guidance",
+    "guidance_summary",
     "load_traces",
     "read_trace_meta",
+    "reflection_vectors",
     "sample_with_trace",
+    "split_along",
 ]

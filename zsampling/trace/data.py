@@ -97,6 +97,8 @@ Effective guidance ingredients (the perturbation in eps units is v = delta /
 c_i): ||v|| = gain_norm / |c|, its part along d is gain_parallel / c (a
 signed length; ~ (g1 - g2) ||d|| for the ideal operator) and its orthogonal
 part gain_orthogonal / |c|; divide by zig_guidance_signal for a scale.
+:meth:`Trace.effective_guidance` combines them per step with the step's own
+g1 (||g1 d + sum_r v_r|| / ||d||; see :mod:`zsampling.trace.guidance`).
 
 When g1 is 0 or 1 the zig computes one branch only, so d and everything that
 needs it are NaN; ``zsampling.sample(..., branches="both")`` buys them (one
@@ -329,6 +331,22 @@ class Trace:
         frame["v_parallel"] = frame["gain_parallel"] / frame["c"]
         frame["v_orthogonal"] = frame["gain_orthogonal"] / frame["c"].abs()
         return frame
+
+    def effective_guidance(self) -> pd.DataFrame:
+        """Per-step effective guidance and the split of each gain along / across
+        eps_c - eps_u, one row per sample x ordinary step (from the scalars; no
+        kept tensors needed). See :func:`zsampling.trace.guidance.effective_guidance`."""
+        from zsampling.trace.guidance import effective_guidance
+
+        return effective_guidance(self)
+
+    def guidance_summary(self) -> dict[str, Any]:
+        """The run's effective guidance in a few numbers (the ||d||-weighted mean
+        the matched baselines use, the window mean, the first-order value g1 +
+        rounds (g1 - g2), ...). See :func:`zsampling.trace.guidance.guidance_summary`."""
+        from zsampling.trace.guidance import guidance_summary
+
+        return guidance_summary(self)
 
     # --------------------------------------------------------------- storage
     def save(self, path: str | Path) -> Path:

@@ -1,0 +1,197 @@
+"""Matched baselines: plain CFG at Z-Sampling's effective guidance and network-call budget.
+
+Why (DESIGN.md, "Evaluation honesty"; "Guidance Matters", ICLR 2026): much
+of a Z-Sampling gain may be stronger effective guidance bought with more
+network calls. For every Z-Sampling cell of a sweep with
+``matched_baselines: true`` (``zsampling sweep --matched-baselines``) the
+runner derives, after the Z cell has run with its trace, up to three plain
+CFG cells (lambda = 0) on the same samples -- the same prompts, seeds and
+per-(prompt_index, seed) initial noise, so they pair with the Z cell -- each
+with the step count raised so that its network rows per sample are the
+smallest ones >= the Z cell's (within one step, 2 rows per sample):
+
+=============================  ==============================================
+``method``                     guidance scale
+=============================  ==============================================
+``cfg_matched_nfe``            g1 (compute matched only: "is it just more steps?")
+``cfg_matched_measured``       the Z cell's measured effective guidance: the
+                               ||d||-weighted mean of ||g1 d + sum_r v_r|| / ||d||
+                               over its trace (see :mod:`zsampling.trace.guidance`),
+                               rounded to 4 decimals
+``cfg_matched_first_order``    the first-order value g1 + rounds (g1 - g2) (2 g1 - g2)
+=============================  ==============================================
+
+A derived cell's knobs are those of a standard cell (``zigzag_steps = 0``)
+with T and g replaced; g2, rounds and the zag operator are copied from the
+Z cell (they do not act at lambda = 0, and keep the cell filterable by its
+source). Its hash covers the kind and the source cell, so a resumed sweep
+derives the same cells (the measured scale is recomputed from the trace on
+disk) and skips the finished ones. Its record carries a ``matched`` entry
+(source cell, scales, budgets) and the run directory gets ``matched.parquet``
+(one row per derived cell).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from zsampling.denoisers.base import Branches
+from zsampling.sweep.cells import CELL_SCHEMA, Cell
+from zsampling.sweep.spec import KNOBS, SpecError, SweepSpec, stable_hash
+
+MATCHED_METHODS: tuple[str, ...] = ("cfg_matched_nfe", "cfg_matched_measured", "cfg_matched_first_order")
+"""The ``method`` values of derived baseline cells, in run order."""
+
+SCALE_DECIMALS = 4
+"""Measured scales are rounded to this many decimals (stable hashes, readable tables)."""
+
+_INDEX_BASE = 1_000_000
+"""Derived cells sort after every grid cell (order key = _INDEX_BASE + 3 * source index + kind)."""
+
+
+def rows_per_step(guidance_scale: float, branches: str = "needed") -> int:
+    """Network rows per sample of one plain CFG step at ``guidance_scale``."""
+    return 2 if branches == "both" else Branches.for_guidance(guidance_scale).count
+
+
+def matched_steps(nfe: int, guidance_scale: float, branches: str = "needed") -> int:
+    """The fewest steps T' whose plain CFG rows per sample (T' x rows per step) are >= ``nfe``.
+
+    The baseline then spends at least the Z cell's budget and less than one
+    extra step more (``T' rows - nfe < rows per step``).
+    """
+    if nfe < 1:
+        raise ValueError(f"nfe must be >= 1, got {nfe}")
+    return max(1, math.ceil(nfe / rows_per_step(guidance_scale, branches)))
+
+
+def matched_hash(spec: SweepSpec, knobs: Mapping[str, Any], kind: str, source: str) -> str:
+    """Stable hash of a derived cell: the grid-cell fields plus its kind and source cell."""
+    return stable_hash({
+        "schema": CELL_SCHEMA,
+        "model": spec.model.identity(),
+        "knobs": {knob: knobs[knob] for knob in KNOBS},
+        "branches": spec.branches,
+        "samples": spec.samples_identity(),
+        "matched": kind,
+        "source": source,
+    })
+
+
+def source_nfe(cell: Cell, branches: str) -> int:
+    """Network rows per sample of a Z-Sampling cell run alone."""
+    from zsampling.trace import expected_network_rows
+
+    return expected_network_rows(cell.config(), 1, branches)
+
+
+def matched_cells(spec: SweepSpec, source: Cell, summary: Mapping[str, Any]) -> list[tuple[Cell, dict[str, Any]]]:
+    """The baseline cells of one Z-Sampling cell and their ``matched`` record entries.
+
+    Args:
+        spec: the sweep (model, samples, branch mode).
+        source: a Z-Sampling cell (lambda > 0).
+        summary: its :func:`~zsampling.trace.guidance.guidance_summary`.
+
+    Raises:
+        ValueError: ``source`` is not a Z-Sampling cell, or the measured scale is not finite.
+    """
+    if source.method != "zigzag":
+        raise ValueError(f"cell {source.hash} is not a Z-Sampling cell (method {source.method!r})")
+    measured = summary.get("effective_guidance")
+    if measured is None or not math.isfinite(float(measured)):
+        raise ValueError(f"cell {source.hash}: the measured effective guidance is not finite ({measured!r}); with "
+                         "g1 in {0, 1} record the guidance direction with branches: both")
+    g1, g2 = source.guidance_scale, source.inversion_guidance_scale
+    first_order = g1 + source.rounds * (g1 - g2)
+    scales = {
+        "cfg_matched_nfe": float(g1),
+        "cfg_matched_measured": round(float(measured), SCALE_DECIMALS),
+        "cfg_matched_first_order": float(first_order),
+    }
+    nfe = source_nfe(source, spec.branches)
+    out = []
+    for k, kind in enumerate(MATCHED_METHODS):
+        scale = scales[kind]
+        steps = matched_steps(nfe, scale, spec.branches)
+        knobs = {**source.knobs(), "num_inference_steps": steps, "guidance_scale": scale, "zigzag_steps": 0}
+        cell = Cell(index=_INDEX_BASE + 3 * source.index + k, hash=matched_hash(spec, knobs, kind, source.hash),
+                    model=source.model, matched=kind, source=source.hash, **knobs)
+        info = {
+            "kind": kind,
+            "source": source.hash,
+            "source_settings": source.settings(),
+            "source_nfe": nfe,
+            "nfe": steps * rows_per_step(scale, spec.branches),
+            "target_scale": scale,
+            "measured_scale": float(measured),
+            "measured_scale_window": summary.get("effective_guidance_window"),
+            "first_order_scale": float(first_order),
+            "rule": "plain CFG (lambda = 0) on the same samples; steps = the fewest with rows >= the source's",
+        }
+        out.append((cell, info))
+    return out
+
+
+def check_matched_spec(spec: SweepSpec, cells: Sequence[Cell]) -> None:
+    """Refuse, before any model call, a spec whose matched baselines cannot be built.
+
+    Raises:
+        SpecError: no traces, no Z-Sampling cell, g1 in {0, 1} with one-branch
+            zigs, or a matched step count above the model's training steps.
+    """
+    from zsampling.sweep import models
+
+    if spec.trace is None:
+        raise SpecError("matched_baselines needs the Z-Sampling cells' traces (the effective guidance is measured "
+                        "from their scalars): set trace: true (or a mapping), not false")
+    zig = [cell for cell in cells if cell.method == "zigzag"]
+    if not zig:
+        raise SpecError("matched_baselines: the grid has no Z-Sampling cell (zigzag_steps > 0) to match")
+    if spec.branches != "both":
+        bad = sorted({cell.guidance_scale for cell in zig if cell.guidance_scale in (0.0, 1.0)})
+        if bad:
+            raise SpecError(f"matched_baselines: with guidance_scale {bad[0]:g} the zig computes one CFG branch, so "
+                            "the guidance direction eps_c - eps_u (and the effective guidance) is not recorded; "
+                            "set branches: both")
+    steps = sorted({matched_steps(source_nfe(cell, spec.branches), 2.0, spec.branches) for cell in zig})
+    try:
+        models.check_steps(spec.model, models.model_kind(spec.model.name), steps)
+    except SpecError as error:
+        raise SpecError(f"matched_baselines: a compute-matched baseline needs {steps[-1]} steps: {error}") from None
+
+
+def derive_matched(spec: SweepSpec, out: Path, cells: Sequence[Cell],
+                   records: Mapping[str, Mapping[str, Any]]) -> list[tuple[Cell, dict[str, Any]]]:
+    """The baseline cells of every finished Z-Sampling cell among ``cells``.
+
+    The measured scale comes from the cell record's ``effective_guidance``
+    summary, else from its trace file (``traces/<cell>.safetensors``).
+
+    Raises:
+        SpecError: a finished Z-Sampling cell has neither (it ran without traces).
+    """
+    from zsampling.sweep import results as res
+
+    derived: list[tuple[Cell, dict[str, Any]]] = []
+    for cell in cells:
+        if cell.method != "zigzag" or cell.hash not in records:
+            continue
+        summary = records[cell.hash].get("effective_guidance")
+        if not summary:
+            path = Path(out) / res.TRACES_DIR / f"{cell.hash}.safetensors"
+            if not path.is_file():
+                record = res.record_path(Path(out), cell.hash)
+                raise SpecError(f"matched_baselines: Z-Sampling cell {cell.hash} finished without a trace, so its "
+                                f"effective guidance cannot be measured; delete {record} to rerun it with trace: true")
+            from zsampling.trace import Trace, guidance_summary
+
+            summary = guidance_summary(Trace.load(path))
+        try:
+            derived += matched_cells(spec, cell, summary)
+        except ValueError as error:
+            raise SpecError(f"matched_baselines: {error}") from None
+    return derived
