@@ -57,7 +57,7 @@ def test_outputs_figures_and_resume(demo_run):
     for name in ("results.parquet", "results.csv", "cells.parquet", "manifest.json", "summary.csv",
                  "figures/index.md", "figures/win_rate.png", "figures/metric_vs_lambda.csv",
                  "figures/semantic_gain.png", "figures/sample_grid.png", "figures/x0_grid.png",
-                 "figures/metric_vs_rounds.png"):
+                 "figures/metric_vs_rounds.png", "figures/matched_win_rate.png", "figures/effective_guidance.png"):
         assert (out / name).is_file(), name
     before = pd.read_parquet(out / "results.parquet")
     again = run_demo(out, seeds_per_digit=4, quick=True, progress=False, figures=False)

@@ -46,10 +46,14 @@ def demo(
                      ] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars.")] = True,
     figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Write figures to OUT/figures.")] = True,
+    threads: Annotated[int, typer.Option("--threads", help="torch CPU threads (the 8x8 model gains little from more; "
+                                                           "oversubscribed cores slow it down badly).")] = 1,
 ) -> None:
     """Run the Z-Sampling ablation on the shipped digits model and print the summary."""
     import pandas as pd
+    import torch
 
+    torch.set_num_threads(threads)
     from zsampling.demo_ablation import run_demo
 
     summary = run_demo(out, seeds_per_digit=seeds, quick=quick, progress=progress, figures=figures)

@@ -10,7 +10,10 @@ setting (g2 = 0, full window lambda = T-1, one round):
 * rounds: 1, 2 (and 3) reflections per window step;
 * steps: T in {10, 25, 50} for Z-Sampling and standard, plus standard at
   T = 61, which spends the same network rows as Z-Sampling at T = 25
-  (2*61 = 122 = 2T + 3*lambda), the fairness check at equal compute.
+  (2*61 = 122 = 2T + 3*lambda), the fairness check at equal compute;
+* matched guidance: plain CFG at Z-Sampling's measured effective guidance
+  and at 2 g1 - g2, with the same network rows (DESIGN.md, "Evaluation
+  honesty"), for both zag operators.
 
 Each part is a sweep spec run into one output directory (``extend``), so the
 demo resumes after an interruption and every sample pairs across cells by
@@ -27,8 +30,8 @@ import pandas as pd
 
 GUIDANCE = 0.75
 STEPS = 25
-METRICS = ("alignment", "accuracy", "nn_distance", "frechet_pca")
-SUMMARY_METRICS = ("alignment", "accuracy", "nn_distance")
+METRICS = ("alignment", "accuracy", "nn_distance", "clipping_fraction", "frechet_pca")
+SUMMARY_METRICS = ("alignment", "accuracy", "nn_distance", "clipping_fraction")
 
 
 def demo_specs(seeds_per_digit: int = 20, *, quick: bool = False) -> dict[str, dict[str, Any]]:
@@ -63,7 +66,13 @@ def demo_specs(seeds_per_digit: int = 20, *, quick: bool = False) -> dict[str, d
         "equal_compute": {"num_inference_steps": [STEPS + (3 * (STEPS - 1) + 1) // 2],
                           "inversion_guidance_scale": [0.0], "zigzag_steps": [0], "zag": ["official"]},
     }
-    return {name: {**base, "name": f"demo-{name}", "grid": {**knobs, **grid}} for name, grid in parts.items()}
+    specs = {name: {**base, "name": f"demo-{name}", "grid": {**knobs, **grid}} for name, grid in parts.items()}
+    specs["matched_guidance"] = {
+        **base, "name": "demo-matched-guidance", "matched_baselines": True,
+        "grid": {**knobs, "num_inference_steps": [STEPS], "inversion_guidance_scale": [0.0],
+                 "zigzag_steps": ["full"], "zag": ["official", "ddim"]},
+    }
+    return specs
 
 
 def run_demo(
@@ -106,7 +115,8 @@ def summarize_demo(results: pd.DataFrame, cells: pd.DataFrame | None = None) -> 
 
     baseline = {"method": "standard", "num_inference_steps": STEPS, "inversion_guidance_scale": 0.0, "rounds": 1,
                 "zag": "official"}
-    settings = ["method", "num_inference_steps", "zigzag_steps", "inversion_guidance_scale", "rounds", "zag"]
+    settings = ["method", "num_inference_steps", "guidance_scale", "zigzag_steps", "inversion_guidance_scale", "rounds",
+                "zag"]
     rows = []
     for key, group in results.groupby(settings, sort=True):
         setting = dict(zip(settings, key, strict=True))
