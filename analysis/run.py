@@ -10,8 +10,9 @@ RUN_DIR layout (fixed by the sweep engine):
 * ``cells.parquet`` (or ``.csv``): one row per cell, set-level metrics;
 * ``traces/<cell>.safetensors``: a zsampling trace per cell (optional);
 * ``images/<cell>.safetensors``: final images under key ``"images"``,
-  (N, C, H, W) in [0, 1], row order = ``sample_index`` (optional; models
-  whose samples are points store (N, D));
+  (N, C, H, W) uint8 (``round(255 x)``; converted back to float32 in [0, 1]
+  on reading), row order = ``sample_index`` (optional; models whose samples
+  are points store float (N, D));
 * ``effective_guidance.parquet`` (or ``.csv``): one row per traced cell, its
   effective-guidance summary (optional);
 * ``matched.parquet`` (or ``.csv``): one row per matched-baseline cell and
@@ -95,7 +96,8 @@ class RunData:
         return self._traces[cell]
 
     def images(self, cell: str) -> np.ndarray:
-        """The final images of ``cell`` as float32 (N, C, H, W) (or (N, D) points), row = sample_index."""
+        """The final images of ``cell`` as float32 (N, C, H, W) in [0, 1] (stored uint8: / 255) (or (N, D)
+        points), row = sample_index."""
         if cell not in self.image_files:
             raise KeyError(f"no images for cell {cell!r} in {self.root / 'images'}")
         from safetensors.numpy import load_file
@@ -103,7 +105,10 @@ class RunData:
         tensors = load_file(str(self.image_files[cell]))
         if "images" not in tensors:
             raise KeyError(f"{self.image_files[cell]} has no tensor 'images' (has {sorted(tensors)})")
-        return np.asarray(tensors["images"], dtype=np.float32)
+        images = np.asarray(tensors["images"])
+        if images.dtype == np.uint8:  # the sweep stores images as uint8 (4x smaller)
+            return images.astype(np.float32) / 255.0
+        return images.astype(np.float32)
 
     @cached_property
     def trace_frames(self) -> pd.DataFrame:

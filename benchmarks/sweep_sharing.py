@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from zsampling.demo_model import DEMO_MODEL_DIR, METRICS_FILE, WEIGHTS_FILE
 from zsampling.sweep import parse_spec, run_sweep
+from zsampling.sweep.results import load_images
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "demo": {"prompts": [str(d) for d in range(10)], "seeds": [0, 1], "guidance_scale": 3.0,
@@ -62,8 +62,8 @@ def max_difference(a: Path, b: Path, shared: Any, alone: Any) -> float:
     """Largest |difference| of images and metric columns between the two runs."""
     worst = 0.0
     for cell in shared.cells["cell"]:
-        x = load_file(a / "images" / f"{cell}.safetensors")["images"]
-        y = load_file(b / "images" / f"{cell}.safetensors")["images"]
+        x = load_images(a / "images" / f"{cell}.safetensors")  # uint8 on disk, float in [0, 1] here
+        y = load_images(b / "images" / f"{cell}.safetensors")
         worst = max(worst, float((x - y).abs().max()))
     fixed = set(shared.results.columns[:16])
     for column in shared.results.columns:

@@ -159,4 +159,50 @@ def test_paper_sweep_specs_match_presets() -> None:
         assert spec.model.options["height"] == preset.height and spec.model.options.get("variant") == preset.variant
         for knob, values in preset.sweep_grid().items():
             assert list(spec.grid[knob]) == values, (name, knob)
-        assert spec.seeds == (0,) and spec.noise == "seed_prompt" and spec.images
+        assert spec.paired and spec.noise == "seed" and spec.images  # prompt i <-> seed i
+        assert spec.seeds == tuple(range(len(spec.prompts)))
+
+
+def test_sweep_loads_a_preset_by_name(offline: None, tiny_sdxl_dir: Path, tmp_path: Path) -> None:
+    """model.name may be a preset (loaded by load_preset_pipeline): sdxl-dpo runs without save_pretrained."""
+    from safetensors.torch import load_file
+
+    from zsampling.sweep import SpecError, parse_spec, run_sweep
+    from zsampling.sweep.results import load_images
+
+    torch.set_num_threads(1)
+    data = {
+        "model": {"name": "sdxl-dpo", "options": {"local_path": str(tiny_sdxl_dir), "unet_path": str(tiny_sdxl_dir),
+                                                  "height": 64, "width": 64, "compile": False}},
+        "prompts": ["a cat", "a dog"],
+        "seeds": {"paired": True},
+        "grid": {"num_inference_steps": 2, "guidance_scale": [5.0], "zigzag_steps": [0, 1]},
+        "images": True,
+    }
+    spec = parse_spec(data)
+    assert spec.model.name == "sdxl-dpo" and spec.seeds == (0, 1)
+    result = run_sweep(spec, tmp_path / "out", progress=False)
+    assert result.cells_run == 2 and len(result.results) == 4
+    assert result.results.groupby("method")["nfe"].first().to_dict() == {"standard": 4, "zigzag": 7}
+    for cell in result.cells["cell"]:
+        path = tmp_path / "out" / "images" / f"{cell}.safetensors"
+        assert load_file(path)["images"].dtype == torch.uint8
+        images = load_images(path)
+        assert images.shape == (2, 3, 64, 64) and images.dtype == torch.float32
+        assert 0 <= images.min() and images.max() <= 1
+    # the same pipeline sampled directly with prompt i <-> seed i gives the sweep's standard images
+    pipe = load_preset_pipeline("sdxl-dpo", local_path=tiny_sdxl_dir, unet_path=tiny_sdxl_dir, device="cpu")
+    direct = zsampling.sample(pipe, ["a cat", "a dog"], generator=seed_generators([0, 1]), output_type="pt",
+                              progress=False, num_inference_steps=2, guidance_scale=5.0, zigzag_steps=0,
+                              height=64, width=64)
+    standard = result.cells.loc[result.cells["method"] == "standard", "cell"].iloc[0]
+    torch.testing.assert_close(load_images(tmp_path / "out" / "images" / f"{standard}.safetensors"),
+                               direct.images.float().clamp(0, 1), rtol=0, atol=1 / 255 + 1e-4)
+
+    assert parse_spec({**data, "model": {"name": "SDXL", "options": {"local_path": str(tiny_sdxl_dir)}}}).model
+    with pytest.raises(SpecError, match=r"unknown key model.options.'scheduler' for model 'sdxl'"):
+        parse_spec({**data, "model": {"name": "sdxl", "options": {"scheduler": "ddim"}}})
+    with pytest.raises(SpecError, match=r"model.options.local_path must be a local diffusers directory"):
+        parse_spec({**data, "model": {"name": "sdxl", "options": {"local_path": str(tmp_path / "nope")}}})
+    with pytest.raises(SpecError, match=r"model.options.cpu_offload must be true or false"):
+        parse_spec({**data, "model": {"name": "sdxl", "options": {"cpu_offload": "yes"}}})

@@ -40,14 +40,17 @@ def brightness(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_paper_spec_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(presets, "_offline", lambda: False)
     spec = paper_spec("sdxl", ["a cat", "a dog"], device="cpu")
-    assert spec.model.name == "stabilityai/stable-diffusion-xl-base-1.0" and spec.model.dtype == "float32"
-    assert dict(spec.model.options) == {"height": 1024, "width": 1024, "scheduler": "ddim"}  # no fp16 variant on CPU
+    assert spec.model.name == "sdxl" and spec.model.dtype == "float32"  # the preset, via load_preset_pipeline
+    assert dict(spec.model.options) == {"height": 1024, "width": 1024}
     assert spec.grid["zigzag_steps"] == (0, 49) and spec.grid["guidance_scale"] == (5.5,)
     assert spec.grid["num_inference_steps"] == (50,) and spec.grid["inversion_guidance_scale"] == (0.0,)
+    # the paper's seeds: prompt i <-> seed offset + i, each with its own generator seeded with that seed
+    assert spec.paired and spec.seeds == (0, 1) and spec.noise == "seed" and spec.num_samples == 2
+    assert paper_spec("sdxl", ["a", "b", "c"], device="cpu", seed=10).seeds == (10, 11, 12)
     quick = paper_spec("sdxl", ["a cat"], device="cpu", num_inference_steps=4, dtype="float16")
-    assert quick.grid["zigzag_steps"] == (0, 3) and quick.model.options["variant"] == "fp16"
-    with pytest.raises(ValueError, match=r"save_pretrained\(DIR\) and pass model_path=DIR"):
-        paper_spec("sdxl-dpo", ["a cat"], device="cpu")
+    assert quick.grid["zigzag_steps"] == (0, 3) and quick.model.dtype == "float16"
+    dpo = paper_spec("sdxl-dpo", ["a cat"], device="cpu")  # no save_pretrained / --model-path workaround
+    assert dpo.model.name == "sdxl-dpo" and dpo.grid["guidance_scale"] == (5.0,)
     monkeypatch.setattr(presets, "_offline", lambda: True)
     with pytest.raises(WeightsNotFoundError, match="stabilityai/stable-diffusion-xl-base-1.0"):
         paper_spec("sdxl", ["a cat"], device="cpu")
@@ -65,6 +68,9 @@ def test_reproduce_tiny_end_to_end_and_resume(tmp_path: Path, brightness: None) 
     result = reproduce("sdxl", prompts, out, **kwargs)
 
     assert result.sweep.cells_run == 2 and len(result.results) == 8
+    # prompt i <-> seed i: the sweep's seeds are the prompt table's
+    assert result.results["seed"].tolist() == result.results["prompt_index"].tolist()
+    assert pd.read_csv(out / "prompts.csv")["seed"].tolist() == [0, 1, 2, 3]
     assert set(result.results["method"]) == {"standard", "zigzag"}
     assert result.results.groupby("method")["nfe"].first().to_dict() == {"standard": 4, "zigzag": 7}
     assert result.results["brightness"].notna().all()

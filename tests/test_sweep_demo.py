@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from zsampling.demo_model import DEMO_MODEL_DIR, METRICS_FILE, WEIGHTS_FILE
 from zsampling.sweep import RESULT_COLUMNS, parse_spec, run_sweep
+from zsampling.sweep.results import images_to_float, load_images
 
 torch.set_num_threads(1)
 
@@ -38,7 +39,10 @@ def test_demo_sweep_end_to_end(tmp_path):
     pd.testing.assert_frame_equal(results.drop(columns="wall_time_s"), alone.results.drop(columns="wall_time_s"),
                                   check_exact=False, rtol=1e-4, atol=1e-5)
     for cell in result.cells["cell"]:
-        images = load_file(tmp_path / "out" / "images" / f"{cell}.safetensors")["images"]
-        reference = load_file(tmp_path / "alone" / "images" / f"{cell}.safetensors")["images"]
-        assert images.shape == (4, 1, 8, 8) and 0 <= images.min() and images.max() <= 1
-        torch.testing.assert_close(images, reference, rtol=0, atol=1e-5)
+        stored = load_file(tmp_path / "out" / "images" / f"{cell}.safetensors")["images"]
+        assert stored.dtype == torch.uint8  # images are stored as uint8 (4x smaller than float32)
+        images = images_to_float(stored)
+        reference = load_images(tmp_path / "alone" / "images" / f"{cell}.safetensors")
+        assert images.shape == (4, 1, 8, 8) and images.dtype == torch.float32
+        assert 0 <= images.min() and images.max() <= 1
+        torch.testing.assert_close(images, reference, rtol=0, atol=1 / 255 + 1e-6)  # at most one level apart

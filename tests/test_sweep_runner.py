@@ -252,3 +252,64 @@ def test_trace_options_step_metrics_and_noise_mode(tmp_path):
         assert torch.equal(x_init[0], x_init[2]) and not torch.equal(x_init[0], x_init[1])  # noise: seed
     with pytest.raises(SpecError, match="trace.decode_every: the analytic model's samples are points"):
         make(trace={"decode_every": 2})
+
+
+def test_paired_seeds_pair_prompt_i_with_seed_offset_plus_i(tmp_path):
+    spec = make(seeds={"paired": True, "offset": 5}, trace={"keep": ["latents"], "latent_dtype": "float32"},
+                grid={"num_inference_steps": T, "zigzag_steps": [0, 3]})
+    assert spec.paired and spec.noise == "seed" and spec.seeds == (5, 6, 7) and spec.num_samples == 3
+    assert make(seeds="paired").seeds == (0, 1, 2)
+    samples = sweep_samples(spec)
+    assert [(s.sample_index, s.prompt_index, s.prompt, s.seed) for s in samples] == [
+        (0, 0, "0", 5), (1, 1, "1", 6), (2, 2, "2", 7)]
+    # each sample's generator is seeded with exactly its seed (what seed_generators gives)
+    noise = initial_noise(samples, (2,), spec.noise)
+    for row, seed in enumerate(spec.seeds):
+        assert torch.equal(noise[row], torch.randn((2,), generator=torch.Generator().manual_seed(seed)))
+    # not the same sample set as every prompt x the same seeds
+    assert spec.hash != make(seeds=[5, 6, 7], noise="seed", trace=spec.to_dict()["trace"],
+                             grid={"num_inference_steps": T, "zigzag_steps": [0, 3]}).hash
+
+    result = run_sweep(spec, tmp_path / "out", progress=False)
+    assert len(result.results) == 2 * 3
+    assert (result.results["seed"] - result.results["prompt_index"]).eq(5).all()
+    inits = [Trace.load(p).tensor("x_init") for p in sorted((tmp_path / "out" / "traces").glob("*.safetensors"))]
+    assert len(inits) == 2 and torch.equal(inits[0], inits[1])  # the same x_T in both cells (paired samples)
+    torch.testing.assert_close(inits[0].float(), noise.float())
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["spec"]["paired_seeds"] is True and manifest["spec"]["seeds"] == [5, 6, 7]
+
+
+@pytest.mark.parametrize(
+    ("seeds", "noise", "message"),
+    [
+        ({"paired": "yes"}, ..., r"seeds.paired must be true or false"),
+        ({"paired": True, "count": 3}, ..., r"seeds.count: paired seeds are offset \+ i"),
+        ({"paired": True, "offset": -1}, ..., r"seeds.offset must be an integer >= 0"),
+        ({"start": 0, "count": 2, "offset": 1}, ..., r"seeds.offset applies to paired seeds"),
+        ({"paired": True, "ofset": 1}, ..., r"unknown key seeds.'ofset' \(did you mean 'offset'\?\)"),
+        ("paired", "seed_prompt", r"noise: paired seeds seed sample i's generator with exactly seed offset \+ i"),
+    ],
+)
+def test_paired_seed_errors_name_the_key(seeds, noise, message):
+    data = {**BASE, "seeds": seeds}
+    if noise is not ...:
+        data["noise"] = noise
+    with pytest.raises(SpecError, match=message):
+        parse_spec(data)
+
+
+def test_images_are_stored_as_uint8_and_read_back_as_float(tmp_path):
+    from zsampling.sweep.results import images_to_float, images_to_uint8, load_images
+
+    images = torch.tensor([[[[0.0, 0.5, 1.0, 1.2], [-0.1, 0.25, 0.999, 0.001]]]])
+    stored = images_to_uint8(images)
+    assert stored.dtype == torch.uint8 and stored.flatten().tolist() == [0, 128, 255, 255, 0, 64, 255, 0]
+    back = images_to_float(stored)
+    assert back.dtype == torch.float32 and (back - images.clamp(0, 1)).abs().max() <= 0.5 / 255 + 1e-7
+    assert images_to_float(stored.numpy()).dtype.name == "float32"
+    # the analytic model's points stay float32 (they are not images)
+    spec = make(grid={"num_inference_steps": T, "zigzag_steps": [0]})
+    run_sweep(spec, tmp_path / "out", progress=False)
+    (path,) = (tmp_path / "out" / "images").glob("*.safetensors")
+    assert load_file(path)["images"].dtype == torch.float32 and load_images(path).shape == (6, 2)

@@ -128,12 +128,46 @@ def test_prompt_files(tmp_path):
     assert load({"file": "p.tsv"}).prompts == ("1",)
     assert load({"file": "p.jsonl"}).prompts == ("2", "0")
     assert load({"file": str(tmp_path / "p.csv"), "column": "id"}).prompts == ("1", "2")
-    with pytest.raises(SpecError, match=r"no prompt column .* give prompts.column, one of: id, text2"):
+    with pytest.raises(SpecError,
+                       match=r"prompts.file: .*no prompt column .*found columns: id, text2; give prompts.column"):
         load({"file": "q.csv"})
     with pytest.raises(SpecError, match=r"prompts.file .*missing.txt' does not exist"):
         load({"file": "missing.txt"})
     # the file's content, not its path, is what the hash sees
     assert load({"file": "p.txt"}).hash == load(["0", "1", "2"]).hash
+
+
+def test_prompt_files_read_through_load_prompts(tmp_path):
+    """Benchmark formats as load_prompts reads them: PartiPrompts keeps its quotes, text skips # comments."""
+    base = {**BASE, "model": "tiny-sd", "metrics": []}
+    (tmp_path / "PartiPrompts.tsv").write_text(
+        'Prompt\tCategory\tChallenge\tNote\n"G I G G L E" painted in thick colorful lettering\tArts\tx\t\n'
+        'a cat\tAnimals\tSimple\t\n')
+    (tmp_path / "p.txt").write_text("# a comment\na red cube\n\n  # indented comment\na tree\n")
+    (tmp_path / "drawbench.csv").write_text("Prompts,Category\na,Colors\nb,Counting\nc,Text\n")
+    (tmp_path / "hpd").mkdir()
+    (tmp_path / "hpd" / "anime.json").write_text('["x", "y"]')
+
+    def load(prompts):
+        path = tmp_path / "spec.yaml"
+        path.write_text(yaml.safe_dump({**base, "prompts": prompts}))
+        return load_spec(path)
+
+    parti = load({"file": "PartiPrompts.tsv"})
+    assert parti.prompts == ('"G I G G L E" painted in thick colorful lettering', "a cat")
+    assert load({"file": "PartiPrompts.tsv", "column": "Category"}).prompts == ("Arts", "Animals")
+    assert load({"file": "p.txt"}).prompts == ("a red cube", "a tree")
+    assert load({"file": "drawbench.csv", "limit": 2}).prompts == ("a", "b")
+    assert load({"file": "drawbench.csv", "column": "Category"}).prompts == ("Colors", "Counting", "Text")
+    assert load({"file": "hpd"}).prompts == ("x", "y")
+    assert load({"file": "drawbench.csv"}).prompt_source == str(tmp_path / "drawbench.csv")
+    with pytest.raises(SpecError, match=r"prompts.column applies to tables .* not .txt"):
+        load({"file": "p.txt", "column": "prompt"})
+    with pytest.raises(SpecError,
+                       match=r"prompts.column 'nope' is not a column of the file: .*found columns: Prompts, Category"):
+        load({"file": "drawbench.csv", "column": "nope"})
+    with pytest.raises(SpecError, match=r"prompts.limit must be an integer >= 1"):
+        load({"file": "p.txt", "limit": 0})
 
 
 def test_toml_json_and_syntax_errors(tmp_path):

@@ -230,6 +230,16 @@ def _sources(guidance: str, **extra: str) -> dict[str, str]:
 
 
 _SD_NO_SAFETY = {"safety_checker": None, "requires_safety_checker": False}
+_SDXL_FAMILY: dict[str, Any] = {
+    "pipeline_class": "StableDiffusionXLPipeline", "dtype": "float16", "variant": "fp16", "height": 1024,
+    "width": 1024, "prediction_type": "epsilon", "scheduler_overrides": _LEADING, "vae_fp16_fix": _SDXL_VAE_FP16_FIX,
+}
+"""What the SDXL-architecture presets share (checkpoint format, resolution, DDIM schedule, fp16-fix VAE)."""
+_SD_FAMILY: dict[str, Any] = {
+    "pipeline_class": "StableDiffusionPipeline", "dtype": "float16", "variant": "fp16",
+    "scheduler_overrides": _LEADING, "pipeline_kwargs": _SD_NO_SAFETY,
+}
+"""What the Stable Diffusion 1.x / 2.x presets share (checkpoint format, DDIM schedule, no safety checker)."""
 
 PRESETS: dict[str, ModelPreset] = {
     preset.name: preset
@@ -237,15 +247,8 @@ PRESETS: dict[str, ModelPreset] = {
         ModelPreset(
             name="sdxl",
             hub_id="stabilityai/stable-diffusion-xl-base-1.0",
-            pipeline_class="StableDiffusionXLPipeline",
-            dtype="float16",
-            variant="fp16",
-            height=1024,
-            width=1024,
-            prediction_type="epsilon",
-            scheduler_overrides=_LEADING,
+            **_SDXL_FAMILY,
             guidance_scale=5.5,
-            vae_fp16_fix=_SDXL_VAE_FP16_FIX,
             aliases=("sdxl-base", "sdxl-base-1.0", "stable-diffusion-xl"),
             sources={key: _RELEASED for key in (
                 "guidance_scale", "inversion_guidance_scale", "num_inference_steps", "zigzag_steps", "rounds",
@@ -257,16 +260,9 @@ PRESETS: dict[str, ModelPreset] = {
         ModelPreset(
             name="sdxl-dpo",
             hub_id="stabilityai/stable-diffusion-xl-base-1.0",
-            pipeline_class="StableDiffusionXLPipeline",
-            dtype="float16",
-            variant="fp16",
-            height=1024,
-            width=1024,
-            prediction_type="epsilon",
-            scheduler_overrides=_LEADING,
+            **_SDXL_FAMILY,
             guidance_scale=5.0,
             components=(ComponentSource("unet", "mhdang/dpo-sdxl-text2image-v1", "unet", "UNet2DConditionModel"),),
-            vae_fp16_fix=_SDXL_VAE_FP16_FIX,
             aliases=("dpo-sdxl", "sdxl-diffusion-dpo"),
             sources=_sources("diffusers' default for StableDiffusionXLPipeline (not from the paper)",
                              components="Diffusion-DPO's SDXL UNet (Wallace et al. 2023) on the SDXL base pipeline"),
@@ -278,15 +274,8 @@ PRESETS: dict[str, ModelPreset] = {
         ModelPreset(
             name="dreamshaper-xl",
             hub_id="Lykon/dreamshaper-xl-1-0",
-            pipeline_class="StableDiffusionXLPipeline",
-            dtype="float16",
-            variant="fp16",
-            height=1024,
-            width=1024,
-            prediction_type="epsilon",
-            scheduler_overrides=_LEADING,
+            **_SDXL_FAMILY,
             guidance_scale=5.0,
-            vae_fp16_fix=_SDXL_VAE_FP16_FIX,
             aliases=("dreamshaper", "dreamshaper-xl-1.0"),
             sources=_sources("diffusers' default for StableDiffusionXLPipeline (not from the paper)",
                              model="Lykon/dreamshaper-xl-1-0 (an SDXL fine-tune); the released code has no "
@@ -300,15 +289,11 @@ PRESETS: dict[str, ModelPreset] = {
         ModelPreset(
             name="sd15",
             hub_id="stable-diffusion-v1-5/stable-diffusion-v1-5",
-            pipeline_class="StableDiffusionPipeline",
-            dtype="float16",
-            variant="fp16",
+            **_SD_FAMILY,
             height=512,
             width=512,
             prediction_type="epsilon",
-            scheduler_overrides=_LEADING,
             guidance_scale=7.5,
-            pipeline_kwargs=_SD_NO_SAFETY,
             hub_id_alternatives=("runwayml/stable-diffusion-v1-5",),
             aliases=("sd1.5", "sd-1.5", "sd-v1-5", "stable-diffusion-v1-5"),
             sources=_sources("diffusers' default for StableDiffusionPipeline (not from the paper)"),
@@ -319,15 +304,11 @@ PRESETS: dict[str, ModelPreset] = {
         ModelPreset(
             name="sd21",
             hub_id="stabilityai/stable-diffusion-2-1",
-            pipeline_class="StableDiffusionPipeline",
-            dtype="float16",
-            variant="fp16",
+            **_SD_FAMILY,
             height=768,
             width=768,
             prediction_type="v_prediction",
-            scheduler_overrides=_LEADING,
             guidance_scale=7.5,
-            pipeline_kwargs=_SD_NO_SAFETY,
             aliases=("sd2.1", "sd-2.1", "stable-diffusion-2-1"),
             sources=_sources("diffusers' default for StableDiffusionPipeline (not from the paper)",
                              prediction_type="the checkpoint's scheduler config (v-prediction, 768 px model)"),

@@ -23,14 +23,19 @@ What :func:`reproduce` does (``zsampling reproduce PRESET --prompts FILE --out D
    there is one) and ``DIR/winning_rate.png`` (:func:`analysis.plots.plot_win_rate`,
    with the released numbers marked).
 
-Seeds: the sweep engine draws each sample's initial noise from its own
-generator seeded by (seed, prompt_index), so prompt i gets the same x_T in
-both cells (the pairing the win rate needs) and every prompt its own noise.
-It runs every prompt x every seed, so it cannot seed prompt i with seed i
-itself; with ``seed_offset`` = s the sweep seed is s and the noise of prompt
-i is a fixed function of (s, i). The released code's own x_T
-(``torch.randn(..., generator=torch.manual_seed(seed))``) is available from
-:func:`zsampling.prompts.release_initial_latents` for direct ``sample`` calls.
+Seeds: the paper's protocol, prompt i <-> seed i. The sweep uses paired
+seeds (``seeds: {paired: true, offset: seed_offset}``): prompt i is sampled
+once with seed ``seed_offset + i`` (the ``seed`` column of ``prompts.csv``),
+its initial noise drawn from its own generator seeded with exactly that seed
+(``noise: seed``), so both cells start prompt i from the same x_T (the
+pairing the win rate needs). The noise is drawn in float32 on the CPU; the
+released code's float16 draw is
+:func:`zsampling.prompts.release_initial_latents`, for direct ``sample`` calls.
+
+Model: the preset itself (``model.name`` = the preset's name, loaded by
+:func:`zsampling.presets.load_preset_pipeline`), so presets with replaced
+components (``sdxl-dpo``'s DPO UNet) run directly; ``model_path`` is the
+preset's ``local_path``.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from typing import Annotated, Any
 import pandas as pd
 import typer
 
-from zsampling.presets import ModelPreset, available_hub_id, get_preset, has_variant
+from zsampling.presets import ModelPreset, available_hub_id, get_preset
 
 __all__ = ["PAPER_WIN_RATES", "ReproduceResult", "paper_spec", "reproduce", "score_sweep"]
 
@@ -99,14 +104,15 @@ def paper_spec(
 
     Two cells: standard sampling (lambda = 0) and Z-Sampling (the preset's
     lambda; lambda = T - 1 when ``num_inference_steps`` overrides T, e.g. for
-    a quick check). The model is ``model_path`` (a local diffusers directory)
-    or the preset's hub id; ``dtype`` defaults to the preset's on a GPU and
-    float32 on the CPU.
+    a quick check). The model is the preset, loaded by
+    :func:`~zsampling.presets.load_preset_pipeline` from ``model_path`` (its
+    ``local_path``) or the preset's hub id (replaced components such as
+    ``sdxl-dpo``'s UNet included); ``dtype`` defaults to the preset's on a
+    GPU and float32 on the CPU. Seeds are paired: prompt i with seed
+    ``seed + i``.
 
     Raises:
-        ValueError: a preset with replaced components (``sdxl-dpo``) without
-            ``model_path``.
-        WeightsNotFoundError: offline and the hub id is not cached.
+        WeightsNotFoundError: no ``model_path``, offline and the hub id is not cached.
         SpecError: an invalid setting (from the sweep's validation).
     """
     from zsampling.sweep import parse_spec
@@ -116,32 +122,19 @@ def paper_spec(
     target = resolve_device(device)
     if dtype is None:
         dtype = "float32" if target.type == "cpu" else preset.dtype
-    half = dtype in ("float16", "bfloat16")
+    options: dict[str, Any] = {"height": height or preset.height, "width": width or preset.width}
     if model_path is not None:
-        name = str(Path(model_path).expanduser())
-        variant = preset.variant if half and preset.variant and has_variant(name, preset.variant) else None
+        options["local_path"] = str(Path(model_path).expanduser())
     else:
-        if preset.components:
-            parts = ", ".join(f"{c.component} from {c.hub_id}" for c in preset.components)
-            raise ValueError(
-                f"preset {preset.name!r} replaces pipeline components ({parts}), which a sweep cannot load from a "
-                f"hub id; save the merged pipeline once with load_preset_pipeline({preset.name!r}, device='cpu')"
-                ".save_pretrained(DIR) and pass model_path=DIR (--model-path DIR)"
-            )
-        name = available_hub_id(preset)
-        variant = preset.variant if half else None
+        available_hub_id(preset)  # offline and not cached: fail now, before anything is loaded
     steps = num_inference_steps or preset.num_inference_steps
     lam = preset.zigzag_steps if num_inference_steps is None else steps - 1
-    options: dict[str, Any] = {"height": height or preset.height, "width": width or preset.width,
-                               "scheduler": "ddim"}
-    if variant:
-        options["variant"] = variant
     return parse_spec({
         "name": f"reproduce-{preset.name}",
-        "model": {"name": name, "dtype": dtype, "device": device, "options": options},
+        "model": {"name": preset.name, "dtype": dtype, "device": device, "options": options},
         "prompts": list(prompts),
-        "seeds": [int(seed)],
-        "noise": "seed_prompt",
+        "seeds": {"paired": True, "offset": int(seed)},
+        "noise": "seed",
         "grid": {"num_inference_steps": [steps], "guidance_scale": [preset.guidance_scale],
                  "inversion_guidance_scale": [preset.inversion_guidance_scale], "zigzag_steps": [0, lam],
                  "rounds": [preset.rounds], "zag": [preset.zag]},
@@ -172,7 +165,7 @@ def score_sweep(
     from safetensors import safe_open
     from tqdm.auto import tqdm
 
-    from zsampling.sweep.results import read_records
+    from zsampling.sweep.results import images_to_float, read_records
 
     sweep_dir, scores_dir = Path(sweep_dir), Path(scores_dir)
     scores_dir.mkdir(parents=True, exist_ok=True)
@@ -194,7 +187,7 @@ def score_sweep(
                 images = handle.get_slice("images")
                 total = images.get_shape()[0]
                 for start in range(0, total, batch_size):
-                    batch = images[start:start + batch_size]
+                    batch = images_to_float(images[start:start + batch_size])  # stored uint8 -> [0, 1]
                     prompts = [r["prompt"] for r in rows[start:start + batch_size]]
                     with torch.no_grad():
                         values += [float(v) for v in scorer.score(batch, prompts).reshape(-1).tolist()]
@@ -274,7 +267,8 @@ def reproduce(
         preset: a preset name (:func:`zsampling.presets.list_presets`).
         prompts: a prompt file in any :func:`~zsampling.prompts.load_prompts` format.
         out: the output directory (re-running resumes).
-        model_path: a local diffusers directory instead of the preset's hub id.
+        model_path: a local diffusers directory instead of the preset's hub id (the preset's
+            ``local_path``; ``sdxl-dpo``'s UNet still comes from its own repository).
         scorers: scorer names (:func:`zsampling.metrics.available_scorers`:
             ``image_reward``, ``pick_score``, ``aesthetic``, ``hpsv2``, ...);
             none: images and tables only.
@@ -282,7 +276,7 @@ def reproduce(
             weights path, ``device``).
         limit: the first ``limit`` prompts (the paper: 100 Pick-a-Pic captions).
         format: the prompt file's format (None: detected).
-        seed_offset: the sweep seed (see the module docstring on seeds).
+        seed_offset: prompt i gets seed ``seed_offset + i`` (see the module docstring on seeds).
         num_inference_steps: override T (lambda becomes T - 1), for quick checks.
         height, width, dtype, device, batch_size: override the preset's
             resolution / dtype, the device, and samples per network call.
@@ -316,7 +310,8 @@ def reproduce(
         "prompts": {"source": frame.attrs.get("source"), "format": frame.attrs.get("format"), "count": len(frame),
                     "limit": limit},
         "scorers": list(scorers), "seed": seed_offset, "num_inference_steps": spec.grid["num_inference_steps"][0],
-        "noise": "per-sample generator seeded by hash(seed, prompt_index): the same x_T for both methods",
+        "noise": "paired seeds: prompt i with seed seed + i, its own generator seeded with exactly that seed "
+                 "(the same x_T for both methods)",
     })
 
     sweep = run_sweep(spec, out / SWEEP_DIR, progress=progress)
@@ -377,7 +372,7 @@ def command(
                                               show_default=False)] = None,
     format: Annotated[str | None, typer.Option("--format", help="Prompt file format (default: detected).",
                                                show_default=False)] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Sweep seed of the initial noise.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed offset: prompt i gets seed SEED + i.")] = 0,
     steps: Annotated[int | None, typer.Option("--steps", help="Override T (lambda = T - 1), for quick checks.",
                                               show_default=False)] = None,
     height: Annotated[int | None, typer.Option("--height", help="Override the preset's height (pixels).",

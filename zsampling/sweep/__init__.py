@@ -28,8 +28,13 @@ Output directory:
   metrics (``frechet_pca``).
 * ``traces/<cell>.safetensors``: the cell's :class:`~zsampling.trace.Trace`
   (all samples; scalars by default); ``images/<cell>.safetensors``: tensor
-  ``images`` (N, C, H, W) float in [0, 1] ("pt" layout; the points for the
-  analytic model, the latents with ``output_type: latent``).
+  ``images`` (N, C, H, W) **uint8** in 0..255 ("pt" layout, ``round(255 x)``
+  of the [0, 1] images: 4x smaller than float32), row = ``sample_index``.
+  Every reader converts back with
+  :func:`zsampling.sweep.results.images_to_float` (uint8 / 255 -> float32 in
+  [0, 1]) or :func:`zsampling.sweep.results.load_images`; the analytic
+  model's points and the latents of ``output_type: latent`` stay float32
+  (the file's metadata says ``dtype`` and ``scale``).
 * ``cells/<cell>.json``: the atomic record of each finished cell;
   ``manifest.json``: spec, spec history, versions, start/end, network rows
   spent vs alone.
@@ -45,7 +50,9 @@ Output directory:
   ``matched.parquet`` / ``.csv`` linking each to its Z-Sampling cell; see
   :mod:`zsampling.sweep.matched`.
 
-Protocol: every prompt x every seed; a sample's initial noise depends only on
+Protocol: every prompt x every seed, or with ``seeds: paired`` the paper's
+prompt i <-> seed offset + i (one sample per prompt, its generator seeded
+with exactly that seed); a sample's initial noise depends only on
 (seed, prompt_index) through its own ``torch.Generator``, so the same sample
 starts from the same latents in every cell (samples pair across methods).
 See :mod:`zsampling.sweep.spec` for the spec format.

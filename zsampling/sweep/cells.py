@@ -13,7 +13,8 @@ What:
   model identity, its settings, the CFG branch mode and the sample set
   (prompts, negative prompt, seeds, noise mode).
 * :func:`sweep_samples` lists a cell's samples (every prompt x every seed,
-  prompt-major); :func:`initial_noise` draws each sample's noise from its own
+  prompt-major; with paired seeds prompt i with seed offset + i);
+  :func:`initial_noise` draws each sample's noise from its own
   ``torch.Generator`` seeded by (seed, prompt_index) only.
 * :func:`plan_groups` groups cells into lambda-sharing :class:`Group` s:
   cells with the same T, g1, g2, rounds and zag operator share one
@@ -200,7 +201,11 @@ class Sample:
 
 
 def sweep_samples(spec: SweepSpec) -> list[Sample]:
-    """Every prompt x every seed, prompt-major (sample_index = p * len(seeds) + s)."""
+    """Every prompt x every seed, prompt-major (sample_index = p * len(seeds) + s);
+    with paired seeds one sample per prompt: sample i = (prompt i, seeds[i])."""
+    if spec.paired:
+        return [Sample(i, i, prompt, seed) for i, (prompt, seed) in enumerate(zip(spec.prompts, spec.seeds,
+                                                                                   strict=True))]
     return [Sample(p * len(spec.seeds) + s, p, prompt, seed)
             for p, prompt in enumerate(spec.prompts) for s, seed in enumerate(spec.seeds)]
 

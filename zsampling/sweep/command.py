@@ -78,9 +78,10 @@ def sweep(
 
             groups = plan_groups(cells, share_prefix=not no_share)
             alone = sum(expected_network_rows(c.config(), spec_obj.num_samples, spec_obj.branches) for c in cells)
+            seeds = "paired seeds" if spec_obj.paired else f"{len(spec_obj.seeds)} seeds"
             typer.echo(f"spec {spec} (hash {spec_obj.hash}): {len(cells)} cells in {len(groups)} lambda-sharing "
                        f"groups, {spec_obj.num_samples} samples per cell ({len(spec_obj.prompts)} prompts x "
-                       f"{len(spec_obj.seeds)} seeds), {alone} network rows if run one by one")
+                       f"{seeds}), {alone} network rows if run one by one")
             if spec_obj.matched_baselines:
                 from zsampling.sweep.matched import MATCHED_METHODS
 

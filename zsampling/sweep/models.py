@@ -18,6 +18,14 @@ Models (``model.name``):
 * ``"tiny-sd"``, ``"tiny-sdxl"``, ``"tiny-pixart"``: randomly initialised
   offline pipelines from :mod:`zsampling.tiny_pipelines` (plumbing checks,
   benchmarks); option ``seed``.
+* a preset name or alias of :mod:`zsampling.presets` (``"sdxl"``,
+  ``"sdxl-dpo"``, ``"sd15"``, ...): loaded with
+  :func:`~zsampling.presets.load_preset_pipeline` (the preset's checkpoint,
+  replaced components such as the DPO UNet, DDIM with the preset's
+  overrides); options ``local_path``, ``unet_path``, ``vae``,
+  ``vae_upcast``, ``variant``, ``cpu_offload``, ``compile`` (passed
+  through) and ``height``, ``width`` (default: the preset's). Preset names
+  win over a relative directory of the same name (write ``./sdxl``).
 * a local diffusers directory (with ``model_index.json``) or a hub id
   (``org/name``) for users who have one: ``DiffusionPipeline.from_pretrained``;
   options ``height``, ``width``, ``variant``, ``revision``,
@@ -48,7 +56,7 @@ import torch
 
 from zsampling.sweep.spec import ModelSpec, SpecError
 
-ModelKind = Literal["demo", "analytic", "tiny", "diffusers"]
+ModelKind = Literal["demo", "analytic", "tiny", "preset", "diffusers"]
 
 TINY_PIPELINES: dict[str, str] = {
     "tiny-sd": "tiny_sd_pipeline",
@@ -65,8 +73,12 @@ _OPTION_KEYS: dict[str, tuple[str, ...]] = {
     "analytic": ("d", "num_components", "radius", "std", "weights", "means", "covariances", "component_names",
                  "scheduler"),
     "tiny": ("seed",),
+    "preset": ("local_path", "unet_path", "vae", "vae_upcast", "variant", "cpu_offload", "compile", "height",
+               "width"),
     "diffusers": ("height", "width", "variant", "revision", "local_files_only", "scheduler"),
 }
+_PIPELINE_KINDS: tuple[str, ...] = ("preset", "diffusers")
+"""Kinds loaded as diffusers pipelines (metrics registered for "diffusers" apply to both)."""
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
            "float64": torch.float64}
@@ -89,6 +101,8 @@ def model_kind(name: str, *, key: str = "model.name") -> ModelKind:
         return name  # type: ignore[return-value]
     if name in TINY_PIPELINES:
         return "tiny"
+    if _preset(name) is not None:
+        return "preset"
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "model_index.json").is_file():
@@ -98,8 +112,54 @@ def model_kind(name: str, *, key: str = "model.name") -> ModelKind:
         return "diffusers"
     raise SpecError(
         f"{key}: unknown model {name!r}; allowed: 'demo', 'analytic', {', '.join(map(repr, TINY_PIPELINES))}, "
-        "a local diffusers directory (with model_index.json) or a hub id 'org/name'"
+        f"a preset ({', '.join(_preset_names())}), a local diffusers directory (with model_index.json) "
+        "or a hub id 'org/name'"
     )
+
+
+def _preset(name: str) -> Any:
+    """The :class:`~zsampling.presets.ModelPreset` called ``name`` (or an alias), else None."""
+    from zsampling.presets import get_preset
+
+    try:
+        return get_preset(name)
+    except ValueError:
+        return None
+
+
+def _preset_names() -> list[str]:
+    from zsampling.presets import list_presets
+
+    return list_presets()
+
+
+def _check_preset_options(model: ModelSpec) -> None:
+    options = model.options
+    local = options.get("local_path")
+    if local is not None:
+        if not isinstance(local, str) or not (Path(local).expanduser() / "model_index.json").is_file():
+            raise SpecError(f"model.options.local_path must be a local diffusers directory (with model_index.json), "
+                            f"got {local!r}")
+    for option in ("unet_path", "vae"):
+        value = options.get(option)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise SpecError(f"model.options.{option} must be a path or hub id (string), got {value!r}")
+    for option in ("cpu_offload", "vae_upcast"):
+        value = options.get(option)
+        if value is not None and not isinstance(value, bool):
+            raise SpecError(f"model.options.{option} must be true or false, got {value!r}")
+    compile_ = options.get("compile")
+    if compile_ is not None and not isinstance(compile_, (bool, Mapping)):
+        raise SpecError(f"model.options.compile must be true, false or a mapping of torch.compile keywords, "
+                        f"got {compile_!r}")
+    variant = options.get("variant")
+    if variant is not None and not isinstance(variant, str):
+        raise SpecError(f"model.options.variant must be 'auto', a variant name or null, got {variant!r}")
+    if model.dtype == "float64":
+        raise SpecError("model.dtype: presets load in float32, float16 or bfloat16, got 'float64'")
+    if options.get("cpu_offload") and model.device == "cpu":
+        raise SpecError("model.options.cpu_offload moves models between the CPU and an accelerator; it needs "
+                        "model.device 'auto' or 'cuda', got 'cpu'")
 
 
 def check_model_spec(model: ModelSpec, kind: str) -> None:
@@ -128,6 +188,9 @@ def check_model_spec(model: ModelSpec, kind: str) -> None:
             value = model.options.get(option)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 8):
                 raise SpecError(f"model.options.{option} must be an integer >= 8 or absent, got {value!r}")
+        if kind == "preset":
+            _check_preset_options(model)
+            return
         scheduler = model.options.get("scheduler", "ddim")
         if scheduler not in ("ddim", "keep"):
             raise SpecError(f"model.options.scheduler must be 'ddim' or 'keep', got {scheduler!r}")
@@ -179,8 +242,9 @@ def check_steps(model: ModelSpec, kind: str, steps: Sequence[int]) -> None:
     elif kind == "tiny":
         train = 1000
     else:
-        path = Path(model.name).expanduser() / "scheduler" / "scheduler_config.json"
-        if path.is_file():
+        folder = model.options.get("local_path") if kind == "preset" else model.name
+        path = Path(str(folder)).expanduser() / "scheduler" / "scheduler_config.json"
+        if folder is not None and path.is_file():
             train = json.loads(path.read_text()).get("num_train_timesteps")
     if isinstance(train, int):
         for value in steps:
@@ -279,6 +343,15 @@ def load_model(spec: ModelSpec, device: torch.device) -> LoadedModel:
         pipe = load_demo_pipeline(device=device, dtype=dtype, model_dir=demo_dir(spec))
     elif kind == "analytic":
         pipe = build_analytic(options, dtype, device)
+    elif kind == "preset":
+        from zsampling.presets import get_preset, load_preset_pipeline
+
+        preset = get_preset(spec.name)
+        passed = {k: options[k] for k in ("local_path", "unet_path", "vae", "vae_upcast", "variant", "cpu_offload",
+                                           "compile") if k in options}
+        pipe = load_preset_pipeline(preset.name, device=device, dtype=spec.dtype, **passed)
+        pipe.set_progress_bar_config(disable=True)
+        height, width = options.get("height", preset.height), options.get("width", preset.width)
     elif kind == "tiny":
         from zsampling import tiny_pipelines
 
@@ -329,7 +402,8 @@ def register_metric(name: str, factory: Callable[[LoadedModel], Any], *, level: 
             ``score_set(images, prompts) -> float``. ``images`` are
             ``target.decode(latents, "pt")``.
         level: "sample" or "set".
-        kinds: model kinds it applies to ("demo", "analytic", "tiny", "diffusers").
+        kinds: model kinds it applies to ("demo", "analytic", "tiny", "diffusers"; "preset" models
+            are diffusers pipelines and take the "diffusers" metrics too).
         higher_is_better: direction, for summaries.
     """
     if level not in ("sample", "set"):
@@ -342,7 +416,8 @@ def register_metric(name: str, factory: Callable[[LoadedModel], Any], *, level: 
 
 def metrics_for(kind: str) -> tuple[str, ...]:
     """Names of the metrics registered for a model kind."""
-    return tuple(name for name, entry in METRICS.items() if kind in entry.kinds)
+    kinds = _PIPELINE_KINDS if kind in _PIPELINE_KINDS else (kind,)
+    return tuple(name for name, entry in METRICS.items() if any(k in entry.kinds for k in kinds))
 
 
 class PosteriorMetric:

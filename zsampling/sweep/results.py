@@ -78,6 +78,39 @@ TRACES_DIR = "traces"
 IMAGES_DIR = "images"
 
 
+# ----------------------------------------------------------------------- images
+def images_to_uint8(images: Any) -> Any:
+    """[0, 1] float images (N, C, H, W) as uint8 (``round(255 x)``, clamped): how sweeps store them."""
+    import torch
+
+    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def images_to_float(images: Any) -> Any:
+    """Stored images back to float32: uint8 (the sweep's image files) / 255, anything else as float32.
+
+    Accepts a torch tensor or a NumPy array and returns the same kind.
+    """
+    import numpy as np
+
+    if isinstance(images, np.ndarray):
+        if images.dtype == np.uint8:
+            return images.astype(np.float32) / 255.0
+        return images.astype(np.float32)
+    import torch
+
+    if images.dtype == torch.uint8:
+        return images.float() / 255.0
+    return images.float()
+
+
+def load_images(path: str | Path) -> Any:
+    """The ``images`` tensor of an ``images/<cell>.safetensors`` file as float32 (images in [0, 1])."""
+    from safetensors.torch import load_file
+
+    return images_to_float(load_file(str(path))["images"])
+
+
 # -------------------------------------------------------------------- atomic IO
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file, fsync and ``os.replace``."""

@@ -577,8 +577,11 @@ class _Executor:
         if self.set_metrics:
             state.images.append(images.detach().cpu())
         if self.spec.images:
-            kept = images if self.spec.output_type == "pt" else final
-            state.saved.append(kept.detach().to("cpu", torch.float32))
+            if self.spec.output_type == "pt" and self.model.kind != "analytic":
+                state.saved.append(res.images_to_uint8(images).cpu())  # 4x smaller than float32
+            else:  # latents and the analytic model's points stay float32
+                kept = images if self.spec.output_type == "pt" else final
+                state.saved.append(kept.detach().to("cpu", torch.float32))
         if recorder is not None:
             config = unit.config
             state.traces.append(recorder.finish(
@@ -628,6 +631,8 @@ class _Executor:
                 path = self.out / res.IMAGES_DIR / f"{cell.hash}.safetensors"
                 meta = {"zsampling": json.dumps({**sweep_meta, "output_type": self.spec.output_type,
                                                  "layout": "pt" if self.spec.output_type == "pt" else "latent",
+                                                 "dtype": str(saved.dtype).removeprefix("torch."),
+                                                 "scale": 255 if saved.dtype == torch.uint8 else 1,
                                                  "prompts": prompts})}
                 res.atomic_write_bytes(path, save_safetensors({"images": saved}, metadata=meta))
                 files["images"] = f"{res.IMAGES_DIR}/{path.name}"

@@ -12,14 +12,17 @@ JSON (``.json``) and :func:`parse_spec` validates a mapping into a frozen
     name: lambda-sweep                  # optional, cosmetic
     model:
       name: demo                        # demo | analytic | tiny-sd | tiny-sdxl | tiny-pixart
+                                        # | a preset (sdxl, sdxl-dpo, sd15, ...; zsampling.presets)
                                         # | a local diffusers directory | a hub id (org/name)
       dtype: float32                    # float32 | float16 | bfloat16 | float64
       device: auto                      # auto | cpu | cuda | cuda:1 ...
       options: {}                       # model-specific (analytic: d, num_components, radius, std, ...)
     prompts: ["0", "3", "7"]            # or {file: prompts.txt} / {file: p.csv, column: prompt, limit: 100}
+                                        # (any zsampling.prompts.load_prompts format: DrawBench, Pick-a-Pic,
+                                        # HPD v2, GenEval, PartiPrompts TSV, text, tables)
     negative_prompt: null
-    seeds: [0, 1, 2, 3]                 # or {start: 0, count: 4}
-    noise: seed_prompt                  # seed_prompt (default) | seed
+    seeds: [0, 1, 2, 3]                 # or {start: 0, count: 4}; or paired / {paired: true, offset: 0}
+    noise: seed_prompt                  # seed_prompt (default) | seed (the default with paired seeds)
     grid:                               # each knob: a value, a list, or {range: [start, stop, step]}
       num_inference_steps: [20]
       guidance_scale: [5.5]
@@ -47,11 +50,23 @@ pairs samples across methods -- while different prompts never share noise.
 ``noise: seed`` seeds the generator with the seed alone (the same noise for
 every prompt, as ``generator=torch.Generator().manual_seed(seed)`` gives in
 diffusers for one image).
+
+Paired seeds (``seeds: paired`` or ``seeds: {paired: true, offset: s}``):
+the paper's protocol, prompt i <-> seed s + i. A cell has one sample per
+prompt, sample i = (prompt i, seed s + i), and its generator is seeded with
+exactly that seed (noise mode "seed", the default and the only mode allowed
+then), as ``zsampling.prompts.seed_generators`` does for direct ``sample``
+calls. Pairing across cells holds as before: the same (prompt_index, seed)
+starts from the same noise in every cell.
+
+Prompt files (``{file: PATH, column: NAME, limit: N}``) are read with
+:func:`zsampling.prompts.load_prompts` (format detected; ``column`` reads
+that column of a table); relative paths are resolved against the spec's
+directory.
 """
 
 from __future__ import annotations
 
-import csv
 import difflib
 import hashlib
 import json
@@ -98,8 +113,7 @@ DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16", "float64")
 NOISE_MODES: tuple[str, ...] = ("seed_prompt", "seed")
 OUTPUT_TYPES: tuple[str, ...] = ("pt", "latent")
 BRANCH_MODES: tuple[str, ...] = ("needed", "both")
-PROMPT_FILE_SUFFIXES: tuple[str, ...] = (".txt", ".csv", ".tsv", ".jsonl")
-_PROMPT_COLUMNS = ("prompt", "Prompt", "prompts", "Prompts", "caption", "text")
+SEED_KEYS: tuple[str, ...] = ("start", "count", "paired", "offset")
 
 
 class SpecError(ValueError):
@@ -111,7 +125,8 @@ class ModelSpec:
     """Which model a sweep runs and how it is loaded.
 
     ``name`` is "demo", "analytic", a tiny offline pipeline ("tiny-sd",
-    "tiny-sdxl", "tiny-pixart"), a local diffusers directory or a hub id;
+    "tiny-sdxl", "tiny-pixart"), a preset of :mod:`zsampling.presets`
+    ("sdxl", "sdxl-dpo", ...), a local diffusers directory or a hub id;
     ``options`` are model-specific (see :mod:`zsampling.sweep.models`).
     ``device`` is an execution detail: it is not part of the spec hash, so a
     sweep may be resumed on another device.
@@ -169,11 +184,12 @@ class SweepSpec:
     branches: str = "needed"
     prompt_source: str = "inline"
     matched_baselines: bool = False
+    paired: bool = False
 
     @property
     def num_samples(self) -> int:
-        """Samples per cell: every prompt x every seed."""
-        return len(self.prompts) * len(self.seeds)
+        """Samples per cell: every prompt x every seed, or one per prompt with paired seeds."""
+        return len(self.prompts) if self.paired else len(self.prompts) * len(self.seeds)
 
     def to_dict(self) -> dict[str, Any]:
         """The normalised spec as plain JSON values (what the manifest stores)."""
@@ -185,6 +201,7 @@ class SweepSpec:
             "prompt_source": self.prompt_source,
             "negative_prompt": self.negative_prompt,
             "seeds": list(self.seeds),
+            **({"paired_seeds": True} if self.paired else {}),
             "noise": self.noise,
             "grid": {knob: list(self.grid[knob]) for knob in KNOBS},
             "metrics": list(self.metrics),
@@ -218,8 +235,11 @@ class SweepSpec:
 
     def samples_identity(self) -> dict[str, Any]:
         """What defines a cell's samples (part of every cell's hash)."""
-        return {"prompts": list(self.prompts), "negative_prompt": self.negative_prompt,
-                "seeds": list(self.seeds), "noise": self.noise}
+        identity = {"prompts": list(self.prompts), "negative_prompt": self.negative_prompt,
+                    "seeds": list(self.seeds), "noise": self.noise}
+        if self.paired:  # only then, so the hashes of unpaired specs are unchanged
+            identity["paired_seeds"] = True
+        return identity
 
 
 def stable_hash(value: Any, length: int = 16) -> str:
@@ -300,8 +320,11 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path | None = None) -
     negative = data.get("negative_prompt")
     if negative is not None and not isinstance(negative, str):
         raise SpecError(f"negative_prompt must be a string or null, got {negative!r}")
-    seeds = _parse_seeds(data["seeds"])
-    noise = _choice("noise", data.get("noise", "seed_prompt"), NOISE_MODES)
+    seeds, paired = _parse_seeds(data["seeds"], len(prompts))
+    noise = _choice("noise", data.get("noise", "seed" if paired else "seed_prompt"), NOISE_MODES)
+    if paired and noise != "seed":
+        raise SpecError(f"noise: paired seeds seed sample i's generator with exactly seed offset + i (noise 'seed'); "
+                        f"got noise {noise!r} (leave noise out or write noise: seed)")
     grid = _parse_grid(data.get("grid", {}))
     metrics = _parse_names("metrics", data.get("metrics", []))
     trace = _parse_trace(data.get("trace", True))
@@ -350,13 +373,14 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path | None = None) -
                     f"grid.zigzag_steps: lambda={lam} is > T-1={steps - 1} for num_inference_steps={steps}; "
                     "lambda must be in 0..T-1 for every T of the grid (or 'full' for T-1)"
                 )
-    if len(prompts) * len(seeds) < 2 and any(models.METRICS[m].level == "set" for m in metrics):
+    count = len(prompts) if paired else len(prompts) * len(seeds)
+    if count < 2 and any(models.METRICS[m].level == "set" for m in metrics):
         raise SpecError("metrics: set-level metrics (e.g. frechet_pca) need at least 2 samples per cell "
-                        f"(prompts x seeds = {len(prompts) * len(seeds)})")
+                        f"({'paired prompts' if paired else 'prompts x seeds'} = {count})")
     spec = SweepSpec(
         model=model, prompts=prompts, seeds=seeds, grid=grid, name=name, negative_prompt=negative, noise=noise,
         metrics=metrics, trace=trace, images=images, output_type=output_type, batch_size=batch_size,
-        branches=branches, prompt_source=source, matched_baselines=matched,
+        branches=branches, prompt_source=source, matched_baselines=matched, paired=paired,
     )
     if matched:
         from zsampling.sweep.cells import expand_cells
@@ -451,9 +475,7 @@ def _parse_prompts(value: Any, base: Path) -> tuple[tuple[str, ...], str]:
         limit = value.get("limit")
         if limit is not None:
             limit = _positive_int("prompts.limit", limit)
-        prompts = _read_prompt_file(path, value.get("column"))
-        if limit is not None:
-            prompts = prompts[:limit]
+        prompts = _read_prompt_file(path, value.get("column"), limit)
         if not prompts:
             raise SpecError(f"prompts.file {str(path)!r} holds no prompts")
         return tuple(prompts), str(path)
@@ -467,58 +489,69 @@ def _parse_prompts(value: Any, base: Path) -> tuple[tuple[str, ...], str]:
     return tuple(prompts), "inline"
 
 
-def _read_prompt_file(path: Path, column: Any) -> list[str]:
-    if not path.is_file():
+def _read_prompt_file(path: Path, column: Any, limit: int | None) -> list[str]:
+    """A prompt file through :func:`zsampling.prompts.load_prompts` (any benchmark format).
+
+    Without ``column`` the format is detected (DrawBench, Pick-a-Pic, HPD v2,
+    GenEval, PartiPrompts TSV with its quotes kept, text with ``#`` comments,
+    generic tables); with ``column`` the file is read as a table and that
+    column holds the prompts.
+    """
+    from zsampling.prompts import PromptFileError, load_prompts
+
+    if column is not None and (not isinstance(column, str) or not column):
+        raise SpecError(f"prompts.column must be a column name (string), got {column!r}")
+    if not path.exists():
         raise SpecError(f"prompts.file {str(path)!r} does not exist")
-    suffix = path.suffix.lower()
-    if suffix not in PROMPT_FILE_SUFFIXES:
-        raise SpecError(f"prompts.file must end in {', '.join(PROMPT_FILE_SUFFIXES)}, got {str(path)!r}")
-    text = path.read_text(encoding="utf-8")
-    if suffix == ".txt":
-        if column is not None:
-            raise SpecError("prompts.column applies to .csv/.tsv/.jsonl files, not .txt (one prompt a line)")
-        return [line.strip() for line in text.splitlines() if line.strip()]
-    if suffix == ".jsonl":
-        records = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise SpecError(f"prompts.file {str(path)!r} line {number}: invalid JSON: {error}") from error
-        keys = list(records[0]) if records and isinstance(records[0], Mapping) else []
-    else:
-        reader = csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")
-        records = list(reader)
-        keys = list(reader.fieldnames or [])
-    if column is None:
-        column = next((name for name in _PROMPT_COLUMNS if name in keys), None)
+    try:
         if column is None:
-            raise SpecError(f"prompts.file {str(path)!r} has no prompt column ({', '.join(_PROMPT_COLUMNS)}); "
-                            f"give prompts.column, one of: {', '.join(map(str, keys))}")
-    if column not in keys:
-        raise SpecError(f"prompts.column {column!r} is not in {str(path)!r}; columns: {', '.join(map(str, keys))}")
-    prompts = []
-    for index, record in enumerate(records):
-        item = record.get(column) if isinstance(record, Mapping) else None
-        if not isinstance(item, str):
-            raise SpecError(f"prompts.file {str(path)!r} row {index + 1}: {column!r} must be a string, got {item!r}")
-        prompts.append(item)
-    return prompts
+            frame = load_prompts(path, limit=limit)
+        else:
+            if path.is_file() and path.suffix.lower() == ".txt":
+                raise SpecError("prompts.column applies to tables (.csv/.tsv/.parquet/.jsonl/.json), not .txt "
+                                "(one prompt a line)")
+            frame = load_prompts(path, format="table", limit=limit, prompt_column=column)
+    except PromptFileError as error:
+        if column is not None and "no prompt column" in str(error):
+            raise SpecError(f"prompts.column {column!r} is not a column of the file: {error}") from None
+        hint = "; give prompts.column to name the prompt column" if "no prompt column" in str(error) else ""
+        raise SpecError(f"prompts.file: {error}{hint}") from None
+    return [str(prompt) for prompt in frame["prompt"]]
 
 
-def _parse_seeds(value: Any) -> tuple[int, ...]:
+def _parse_seeds(value: Any, num_prompts: int) -> tuple[tuple[int, ...], bool]:
+    """The seeds and whether they are paired with the prompts (seed offset + i for prompt i)."""
+    if value == "paired":
+        value = {"paired": True}
     if isinstance(value, Mapping):
-        _check_keys(value, ("start", "count"), "seeds")
+        _check_keys(value, SEED_KEYS, "seeds")
+        paired = value.get("paired", False)
+        if not isinstance(paired, bool):
+            raise SpecError(f"seeds.paired must be true or false, got {paired!r}")
+        if paired:
+            extra = [key for key in ("start", "count") if key in value]
+            if extra:
+                raise SpecError(f"seeds.{extra[0]}: paired seeds are offset + i for prompt i (one per prompt); "
+                                "give seeds.offset instead of start/count")
+            offset = value.get("offset", 0)
+            if isinstance(offset, bool) or not isinstance(offset, numbers.Integral) or not 0 <= offset:
+                raise SpecError(f"seeds.offset must be an integer >= 0, got {offset!r}")
+            if int(offset) + num_prompts > 2**63:
+                raise SpecError(f"seeds.offset: offset + number of prompts must stay below 2**63, got {offset!r}")
+            return tuple(range(int(offset), int(offset) + num_prompts)), True
+        if "offset" in value:
+            raise SpecError("seeds.offset applies to paired seeds (seeds: {paired: true, offset: S}); "
+                            "use seeds.start for a range of seeds")
         start = value.get("start", 0)
         if isinstance(start, bool) or not isinstance(start, numbers.Integral) or start < 0:
             raise SpecError(f"seeds.start must be an integer >= 0, got {start!r}")
         count = _positive_int("seeds.count", value.get("count"))
-        return tuple(range(int(start), int(start) + count))
+        return tuple(range(int(start), int(start) + count)), False
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         value = [value]
     if not isinstance(value, (list, tuple)) or not value:
-        raise SpecError(f"seeds must be a non-empty list of integers or {{start: S, count: N}}, got {value!r}")
+        raise SpecError(f"seeds must be a non-empty list of integers, {{start: S, count: N}} or paired "
+                        f"({{paired: true, offset: S}}), got {value!r}")
     seeds: list[int] = []
     for index, seed in enumerate(value):
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
@@ -526,7 +559,7 @@ def _parse_seeds(value: Any) -> tuple[int, ...]:
         if int(seed) in seeds:
             raise SpecError(f"seeds[{index}]: seed {seed} is listed twice")
         seeds.append(int(seed))
-    return tuple(seeds)
+    return tuple(seeds), False
 
 
 def _parse_grid(value: Any) -> dict[str, tuple[Any, ...]]:
