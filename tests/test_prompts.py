@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +19,17 @@ from zsampling.prompts import (
     seed_generators,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "prompts"
+
+def _shared_prompts() -> Path:
+    """The shared benchmark prompt lists (../shared/prompts beside the checkout, or
+    $ZSAMPLING_SHARED_PROMPTS, or the development machine's /work/shared/prompts)."""
+    candidates = [Path(__file__).resolve().parents[2] / "shared" / "prompts", Path("/work/shared/prompts")]
+    if os.environ.get("ZSAMPLING_SHARED_PROMPTS"):
+        candidates.insert(0, Path(os.environ["ZSAMPLING_SHARED_PROMPTS"]))
+    return next((path for path in candidates if path.is_dir()), candidates[0])
+
+
+SHARED = _shared_prompts()
 PARTI = SHARED / "partiprompts" / "PartiPrompts.tsv"
 GENEVAL = SHARED / "geneval" / "evaluation_metadata.jsonl"
 GENEVAL_TXT = SHARED / "geneval" / "generation_prompts.txt"
