@@ -34,7 +34,7 @@ def test_window_int_and_explicit_indices():
         ({"guidance_scale": math.nan}, "guidance_scale must be a finite number"),
         ({"guidance_scale": math.inf}, "guidance_scale must be a finite number"),
         ({"inversion_guidance_scale": -math.inf}, "inversion_guidance_scale must be a finite number"),
-        ({"zag": "fixed-point"}, r"zag must be one of \('official', 'ddim'\)"),
+        ({"zag": "fixed-point"}, r"zag must be one of \('official', 'ddim', 'euler'\)"),
         ({"zag_eval_timestep": "t_i"}, r"zag_eval_timestep must be one of \('next', 'current'\)"),
     ],
 )

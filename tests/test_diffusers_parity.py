@@ -11,6 +11,8 @@ import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler
 
 from zsampling import prepare, sample
+from zsampling.legs import DEFAULT_CONDITION
+from zsampling.schedule import OutputReparam
 from zsampling.tiny_pipelines import tiny_pixart_pipeline, tiny_sd_pipeline, tiny_sdxl_pipeline
 
 PROMPTS = ["a photo of a cat", "a red bicycle"]
@@ -52,7 +54,7 @@ def released_code_loop(pipe, latents, steps, g1, g2, window, rounds):
     """The released code's zigzag with diffusers' schedulers and the pipeline's own network call."""
     target = prepare(pipe, PROMPTS)
     network = target.denoiser._network
-    conditioning = target.denoiser._conditioning
+    conditioning = target.denoiser._table(DEFAULT_CONDITION)
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     inverse = DDIMInverseScheduler.from_config(pipe.scheduler.config)
     scheduler.set_timesteps(steps)
@@ -86,6 +88,28 @@ def test_official_operator_equals_the_released_code(pipe, window, rounds, g2):
     zag_rows = 1 if g2 in (0.0, 1.0) else 2
     assert ours.nfe == 2 * steps + (2 + zag_rows) * window * rounds
     assert ours.network_rows == len(PROMPTS) * ours.nfe
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "sample"])
+@pytest.mark.parametrize(("window", "rounds", "g2"), [(9, 1, 0.0), (4, 2, 1.5)])
+def test_official_operator_equals_the_released_code_on_non_eps_models(prediction_type, window, rounds, g2,
+                                                                      monkeypatch):
+    """diffusers' DDIMInverseScheduler converts a v / x0 output at its own alpha (ab[t_{i+1} - k]), not at the
+    evaluation timestep's: the official zag must do the same (SD 2.x 768 is v-prediction)."""
+    pipe = tiny_sd_pipeline()
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type=prediction_type)
+    steps, g1 = 10, 5.5
+    latents = torch.randn(len(PROMPTS), *prepare(pipe, PROMPTS).latent_shape, generator=torch.Generator().manual_seed(3))
+    ours = sample(pipe, PROMPTS, num_inference_steps=steps, guidance_scale=g1, inversion_guidance_scale=g2,
+                  zigzag_steps=window, rounds=rounds, latents=latents, output_type="latent", progress=False)
+    expected = released_code_loop(pipe, latents.clone(), steps, g1, g2, window, rounds)
+    assert (ours.latents - expected).abs().max().item() <= 1e-4
+    # negative control: converting at the evaluation timestep (no re-expression) misses the released code
+    monkeypatch.setattr(OutputReparam, "__call__", lambda self, eps, x: eps)
+    converted_at_eval = sample(pipe, PROMPTS, num_inference_steps=steps, guidance_scale=g1, inversion_guidance_scale=g2,
+                               zigzag_steps=window, rounds=rounds, latents=latents, output_type="latent",
+                               progress=False)
+    assert (converted_at_eval.latents - expected).abs().max().item() > 1e-3
 
 
 def test_v_prediction_is_converted_to_eps():

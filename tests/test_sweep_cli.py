@@ -65,7 +65,7 @@ def test_cli_bad_spec_and_dry_run(tmp_path, spec_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**SPEC, "grid": {"zag": ["reverse"]}}))
     result = invoke(bad, "--out", tmp_path / "out")
-    assert result.exit_code == 2 and "grid.zag[0] must be one of 'official', 'ddim'" in result.output
+    assert result.exit_code == 2 and "grid.zag[0] must be one of 'official', 'ddim', 'euler'" in result.output
     assert not (tmp_path / "out").exists()
     plan = invoke(spec_path, "--dry-run")
     assert plan.exit_code == 0 and "10 cells in 2 lambda-sharing groups" in plan.output

@@ -72,7 +72,7 @@ def test_range_full_and_duplicate_cells():
         ({"seeds": [-1]}, r"seeds\[0\] must be an integer"),
         ({"seeds": {"start": 0}}, r"seeds.count must be an integer >= 1"),
         ({"grid": {"guidance_scale": [1.0, "x"]}}, r"grid.guidance_scale\[1\] must be a finite number, got 'x'"),
-        ({"grid": {"zag": ["official", "euler"]}}, r"grid.zag\[1\] must be one of 'official', 'ddim'"),
+        ({"grid": {"zag": ["official", "fixed-point"]}}, r"grid.zag\[1\] must be one of 'official', 'ddim', 'euler'"),
         ({"grid": {"zag_eval_timestep": "later"}}, r"grid.zag_eval_timestep\[0\] must be one of 'next', 'current'"),
         ({"grid": {"rounds": [0]}}, r"grid.rounds\[0\] must be an integer >= 1"),
         ({"grid": {"num_inference_steps": [4], "zigzag_steps": [5]}}, r"grid.zigzag_steps: lambda=5 is > T-1=3"),

@@ -1,12 +1,15 @@
-"""``zsampling.sample``: Z-Sampling on a pipeline in one call.
+"""``zsampling.sample``: Z-Sampling on a pipeline in one call, and its parts.
 
-Validates the settings, encodes the prompts once, draws the initial latents
-the way diffusers does (same generator semantics), runs the loop and
-decodes.
+``sample`` = :func:`prepare` (encode the prompts once into a sampling
+target) + :func:`resolve_config` (the validated settings, with the defaults
+that depend on the model family filled in) + :func:`sample_target` (draw the
+initial latents the way the pipeline does, run the loop, decode). Tracing
+and sweeps compose the three parts themselves.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -15,10 +18,19 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from zsampling.config import ZagEvalTimestep, ZagOperator, ZigzagConfig
 from zsampling.denoisers.base import SamplingTarget
+from zsampling.legs import Legs
 from zsampling.sampler import Recorder, zigzag_sample
-from zsampling.schedule import DDIMSchedule
+from zsampling.schedule import DDIMSchedule, FlowSchedule, build_schedule, check_run
 
 OUTPUT_TYPES: tuple[str, ...] = ("pil", "np", "pt", "latent")
+
+DEFAULT_ZAG: dict[str, str] = {"ddim": "official", "flow": "euler"}
+"""The zag operator each family uses when none is given: the released
+code's operator for DDIM, the exact reverse Euler move for flow matching
+(there is no released flow-matching Z-Sampling to reproduce)."""
+
+DEFAULT_GUIDANCE = 5.5
+"""g1 when neither the call nor the pipeline gives one: the released SDXL setting."""
 
 
 @dataclass(frozen=True)
@@ -30,7 +42,7 @@ class SampleOutput:
         latents: final latents before decoding (B, ...).
         nfe: network rows spent per sample (standard CFG: 2T).
         network_rows: network rows spent for the whole batch.
-        config: the validated settings of the run.
+        config: the validated settings of the run (family defaults resolved).
     """
 
     images: Any
@@ -48,12 +60,14 @@ def sample(
     latents: torch.Tensor | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
     num_inference_steps: int = 50,
-    guidance_scale: float = 5.5,
+    guidance_scale: float | None = None,
     inversion_guidance_scale: float = 0.0,
     zigzag_steps: int | list[int] | None = None,
     rounds: int = 1,
-    zag: ZagOperator = "official",
+    zag: ZagOperator | None = None,
     zag_eval_timestep: ZagEvalTimestep = "next",
+    legs: Legs | None = None,
+    measure_gap: bool = False,
     height: int | None = None,
     width: int | None = None,
     output_type: str = "pil",
@@ -61,27 +75,51 @@ def sample(
     branches: Literal["needed", "both"] = "needed",
     progress: bool = True,
 ) -> SampleOutput:
-    """Sample with Z-Sampling (``zigzag_steps=0`` is standard DDIM sampling).
+    """Sample with Z-Sampling (``zigzag_steps=0`` is standard sampling).
 
-    ``pipe`` is a diffusers pipeline (SD 1.x/2.x, SDXL, PixArt) with a
-    ``DDIMScheduler``, or any object with ``prepare_zsampling`` (the demo
-    and analytic models). Guidance follows diffusers' convention
-    ``eps_u + g (eps_c - eps_u)`` for every g (the paper's w is g - 1), but
-    unlike diffusers CFG stays on for g <= 1. See :class:`ZigzagConfig` for
-    the Z-Sampling settings; ``branches="both"`` disables the branch-aware
-    saving (for benchmarks).
+    ``pipe`` is a diffusers pipeline (SD 1.x/2.x, SDXL, PixArt with a
+    ``DDIMScheduler``; SD3 / SD3.5 and Flux with a
+    ``FlowMatchEulerDiscreteScheduler``), or any object with
+    ``prepare_zsampling`` (the demo and analytic models). Guidance follows
+    diffusers' convention ``eps_u + g (eps_c - eps_u)`` for every g (the
+    paper's w is g - 1), but unlike diffusers CFG stays on for g <= 1. On
+    guidance-distilled Flux without a negative prompt, ``guidance_scale`` is
+    the guidance-embedding value (as in ``FluxPipeline``); with a negative
+    prompt it is the true-CFG scale.
+
+    Family defaults: ``zag=None`` is "official" on DDIM and "euler" on flow
+    matching; ``guidance_scale=None`` is the pipeline's own default (5.5,
+    the released SDXL setting, for models that have none). Both are recorded
+    in ``SampleOutput.config``. See :class:`ZigzagConfig` for the other
+    settings; ``branches="both"`` disables the branch-aware saving (for
+    benchmarks).
     """
-    config = ZigzagConfig(
-        num_inference_steps=num_inference_steps,
-        guidance_scale=guidance_scale,
-        inversion_guidance_scale=inversion_guidance_scale,
-        zigzag_steps=zigzag_steps,
-        rounds=rounds,
-        zag=zag,
-        zag_eval_timestep=zag_eval_timestep,
-    )
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+    settings = dict(
+        num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+        inversion_guidance_scale=inversion_guidance_scale, zigzag_steps=zigzag_steps, rounds=rounds, zag=zag,
+        zag_eval_timestep=zag_eval_timestep, legs=legs, measure_gap=measure_gap,
+    )
+    resolve_config(pipe, **settings)  # refuse bad settings before encoding anything
+    prompts, negative_prompts = prompt_lists(prompt, negative_prompt)
+    target = prepare(pipe, prompts, negative_prompts, height, width)
+    check_output_type(target, output_type, type(pipe).__name__)
+    config = resolve_config(target, **settings)
+    return sample_target(target, config, latents=latents, generator=generator, output_type=output_type,
+                         recorder=recorder, branches=branches, progress=progress)
+
+
+SETTING_NAMES: tuple[str, ...] = tuple(
+    name for name in inspect.signature(ZigzagConfig).parameters
+)
+"""The run settings :func:`sample` passes to :func:`resolve_config` (the
+:class:`ZigzagConfig` fields)."""
+
+
+def prompt_lists(prompt: str | list[str], negative_prompt: str | list[str] | None = None
+                 ) -> tuple[list[str], list[str] | None]:
+    """Prompts as a list, and negative prompts as a list of the same length (or None)."""
     prompts = _as_list("prompt", prompt)
     negative_prompts = None if negative_prompt is None else _as_list("negative_prompt", negative_prompt)
     if negative_prompts is not None and len(negative_prompts) == 1 < len(prompts):
@@ -90,15 +128,63 @@ def sample(
         raise ValueError(
             f"negative_prompt must be one string or {len(prompts)} strings, got {len(negative_prompts)}"
         )
-    if hasattr(pipe, "scheduler"):
-        DDIMSchedule.from_scheduler(pipe.scheduler, num_inference_steps)  # refuse before encoding
+    return prompts, negative_prompts
 
-    target = prepare(pipe, prompts, negative_prompts, height, width)
-    if output_type not in target.output_types:
-        raise ValueError(
-            f"output_type must be one of {target.output_types} for {type(pipe).__name__}, got {output_type!r}"
-        )
-    schedule = DDIMSchedule.from_scheduler(target.scheduler, num_inference_steps)
+
+def resolve_config(
+    pipe_or_target: Any,
+    *,
+    guidance_scale: float | None = None,
+    zag: ZagOperator | None = None,
+    legs: Legs | None = None,
+    **settings: Any,
+) -> ZigzagConfig:
+    """The validated :class:`ZigzagConfig` of a run on ``pipe_or_target``,
+    with the family defaults filled in (zag operator, guidance scale), and
+    the schedule's refusals (wrong scheduler, an operator of the other
+    family) raised before any model call."""
+    scheduler = getattr(pipe_or_target, "scheduler", None)
+    family = schedule_family(scheduler)
+    if guidance_scale is None:
+        guidance_scale = getattr(pipe_or_target, "default_guidance", None)
+        if guidance_scale is None:
+            guidance_scale = _pipeline_default_guidance(pipe_or_target)
+    config = ZigzagConfig(
+        guidance_scale=guidance_scale, zag=zag if zag is not None else DEFAULT_ZAG[family],
+        legs=legs if legs is not None else Legs(), **settings,
+    )
+    if scheduler is not None:
+        check_run(scheduler, config)
+    return config
+
+
+def schedule_family(scheduler: object) -> str:
+    """ "flow" for a flow-matching scheduler, else "ddim" (validated when the schedule is built)."""
+    return "flow" if "FlowMatch" in type(scheduler).__name__ else "ddim"
+
+
+def target_schedule(target: Any, num_inference_steps: int) -> DDIMSchedule | FlowSchedule:
+    """The schedule of a target (or pipeline) for T steps, with the pipeline's
+    own ``set_timesteps`` arguments where it has any (Flux's sigmas and mu)."""
+    options = getattr(target, "set_timesteps_kwargs", None)
+    kwargs = options(num_inference_steps) if callable(options) else {}
+    return build_schedule(target.scheduler, num_inference_steps, **kwargs)
+
+
+def sample_target(
+    target: SamplingTarget,
+    config: ZigzagConfig,
+    *,
+    latents: torch.Tensor | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    output_type: str = "pil",
+    recorder: Recorder | None = None,
+    branches: Literal["needed", "both"] = "needed",
+    progress: bool = True,
+) -> SampleOutput:
+    """Run ``config`` on a prepared target: initial latents, the loop, decoding."""
+    check_output_type(target, output_type, type(target).__name__)
+    schedule = target_schedule(target, config.num_inference_steps)
     x = initial_latents(target, latents, generator)
     rows_before = target.denoiser.network_rows
     final = zigzag_sample(target.denoiser, x, schedule, config, recorder=recorder, branches=branches,
@@ -107,6 +193,12 @@ def sample(
     images = target.decode(final, output_type)
     return SampleOutput(images=images, latents=final, nfe=rows // target.batch_size, network_rows=rows,
                         config=config)
+
+
+def check_output_type(target: SamplingTarget, output_type: str, owner: str) -> None:
+    """Refuse an ``output_type`` the target cannot decode to, naming ``owner``."""
+    if output_type not in target.output_types:
+        raise ValueError(f"output_type must be one of {target.output_types} for {owner}, got {output_type!r}")
 
 
 def prepare(
@@ -129,17 +221,32 @@ def initial_latents(
     latents: torch.Tensor | None,
     generator: torch.Generator | list[torch.Generator] | None,
 ) -> torch.Tensor:
-    """x_{t_0}: the given latents, or Gaussian noise drawn like diffusers'
+    """x_{t_0}: the given latents, or Gaussian noise drawn like the pipeline's
     ``prepare_latents`` (so one generator or one per sample gives the same
-    noise as the pipeline), times the scheduler's init_noise_sigma."""
+    noise as the pipeline; Flux packs it), times the scheduler's
+    init_noise_sigma (1 for flow matching)."""
     shape = (target.batch_size, *target.latent_shape)
     if latents is None:
-        latents = randn_tensor(shape, generator=generator, device=target.device, dtype=target.dtype)
+        draw = getattr(target, "draw_latents", None)
+        if callable(draw):
+            latents = draw(generator)
+        else:
+            latents = randn_tensor(shape, generator=generator, device=target.device, dtype=target.dtype)
     elif tuple(latents.shape) != shape:
         raise ValueError(f"latents must have shape {shape} (batch, *latent_shape), got {tuple(latents.shape)}")
     else:
         latents = latents.to(device=target.device, dtype=target.dtype)
-    return latents * target.scheduler.init_noise_sigma
+    return latents * getattr(target.scheduler, "init_noise_sigma", 1.0)
+
+
+def _pipeline_default_guidance(pipe: Any) -> float:
+    """The ``guidance_scale`` default of a diffusers pipeline's ``__call__`` (SD3: 7.0,
+    Flux: 3.5), else :data:`DEFAULT_GUIDANCE`."""
+    if "FlowMatch" in type(getattr(pipe, "scheduler", None)).__name__ and callable(pipe):
+        parameter = inspect.signature(type(pipe).__call__).parameters.get("guidance_scale")
+        if parameter is not None and isinstance(parameter.default, (int, float)):
+            return float(parameter.default)
+    return DEFAULT_GUIDANCE
 
 
 def _as_list(name: str, value: str | list[str]) -> list[str]:

@@ -18,10 +18,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-ZagOperator = Literal["official", "ddim"]
+from zsampling.legs import Legs
+
+ZagOperator = Literal["official", "ddim", "euler"]
 ZagEvalTimestep = Literal["next", "current"]
 
-ZAG_OPERATORS: tuple[str, ...] = ("official", "ddim")
+ZAG_OPERATORS: tuple[str, ...] = ("official", "ddim", "euler")
 ZAG_EVAL_TIMESTEPS: tuple[str, ...] = ("next", "current")
 
 
@@ -42,9 +44,18 @@ class ZigzagConfig:
         zag: "official" reproduces the released code's operator (evaluated at
             t_i, moved one schedule level off); "ddim" is the paper's exact
             DDIM inversion from t_{i+1} back to t_i.
-        zag_eval_timestep: for ``zag="ddim"``, where the zag's network is
-            evaluated: "next" = t_{i+1} (textbook inversion) or "current" =
-            t_i (as the released code evaluates).
+            Flow-matching models use "euler", the exact reverse Euler move
+            (the analogue of "ddim"); the schedule refuses an operator of the
+            other family.
+        zag_eval_timestep: for ``zag="ddim"`` / ``"euler"``, where the zag's
+            network is evaluated: "next" = t_{i+1} (textbook inversion) or
+            "current" = t_i (as the released code evaluates).
+        legs: per-leg overrides (zig / zag / step guidance and conditioning,
+            see :mod:`zsampling.legs`); the default is plain Z-Sampling.
+        measure_gap: record the gap term c_i (o_zig - o_zag)(x_i, t_i) when
+            the legs differ in more than the CFG scale (then it is not free:
+            one extra network row per sample and reflection, counted, and
+            only paid when a recorder is attached).
     """
 
     num_inference_steps: int = 50
@@ -54,6 +65,8 @@ class ZigzagConfig:
     rounds: int = 1
     zag: ZagOperator = "official"
     zag_eval_timestep: ZagEvalTimestep = "next"
+    legs: Legs = field(default_factory=Legs)
+    measure_gap: bool = False
     window: frozenset[int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -70,6 +83,10 @@ class ZigzagConfig:
             raise ValueError(
                 f"zag_eval_timestep must be one of {ZAG_EVAL_TIMESTEPS}, got {self.zag_eval_timestep!r}"
             )
+        if not isinstance(self.legs, Legs):
+            raise ValueError(f"legs must be a zsampling.legs.Legs, got {self.legs!r}")
+        if not isinstance(self.measure_gap, bool):
+            raise ValueError(f"measure_gap must be True or False, got {self.measure_gap!r}")
         window = _resolve_window(self.zigzag_steps, steps)
         object.__setattr__(self, "window", window)
         if not isinstance(self.zigzag_steps, (numbers.Integral, type(None))):
@@ -79,6 +96,13 @@ class ZigzagConfig:
     def reflections(self) -> int:
         """Number of zig-zag reflections per sample: |window| * rounds."""
         return len(self.window) * self.rounds
+
+    def leg_guidance(self, leg: str) -> float:
+        """The guidance of leg "zig", "zag" or "step": its override, else g1 (g2 for the zag)."""
+        override = getattr(self.legs, leg).guidance
+        if override is not None:
+            return override
+        return self.inversion_guidance_scale if leg == "zag" else self.guidance_scale
 
     @property
     def is_standard(self) -> bool:

@@ -1,17 +1,20 @@
-"""The Z-Sampling loop: zig, zag and ordinary DDIM steps over a denoiser.
+"""The Z-Sampling loop: zig, zag and ordinary moves over a denoiser.
 
 For each step i in the window, ``rounds`` times:
 
-1. zig: ``y = ddim(x_i, eps_g1(x_i, t_i), ab[t_i], ab[t_{i+1}])``
-2. zag: ``x_i = ZAG(y)`` with guidance g2 ("official" or "ddim" operator)
+1. zig: ``y = move_i(x_i, o_zig(x_i, t_i))`` (the ordinary move, zig leg)
+2. zag: ``x_i = ZAG_i(y, o_zag(y, s))`` (the inverse move, zag leg)
 
-then the ordinary step ``x_{i+1} = ddim(x_i, eps_g1(x_i, t_i), ...)``. Steps
-outside the window are ordinary, so an empty window is standard DDIM.
+then the ordinary step ``x_{i+1} = move_i(x_i, o_step(x_i, t_i))``. Steps
+outside the window are ordinary, so an empty window is standard sampling.
+The moves come from the schedule (DDIM or flow-matching Euler, see
+:mod:`zsampling.schedule`); the legs from the config (:mod:`zsampling.legs`).
+The loop knows neither model families nor gap kinds.
 
-The loop asks the denoiser only for the CFG branches each operation needs
-(g = 0: eps_u, g = 1: eps_c), emits one :class:`Event` per operation to an
-optional recorder, and makes no host sync except a finiteness check every
-``nan_check_every`` steps.
+The loop asks the denoiser only for the CFG branches each leg needs (g = 0:
+eps_u, g = 1: eps_c; one branch on guidance-distilled models), emits one
+:class:`Event` per operation to an optional recorder, and makes no host sync
+except a finiteness check every ``nan_check_every`` steps.
 """
 
 from __future__ import annotations
@@ -23,10 +26,13 @@ import torch
 from tqdm.auto import tqdm
 
 from zsampling.config import ZigzagConfig
-from zsampling.denoisers.base import BOTH, Branches, Denoiser, EpsPair
-from zsampling.schedule import DDIMMove, DDIMSchedule
+from zsampling.denoisers.base import BOTH, COND, Branches, Denoiser, EpsPair
+from zsampling.legs import LEG_NAMES, Condition
+from zsampling.schedule import Move, Schedule
 
 Op = Literal["zig", "zag", "step"]
+GuidanceMode = Literal["cfg", "embedded", "none"]
+GUIDANCE_MODES: tuple[str, ...] = ("cfg", "embedded", "none")
 
 
 @dataclass(frozen=True)
@@ -34,19 +40,26 @@ class Event:
     """One operation of the loop, as a recorder sees it.
 
     ``step`` is i, ``round`` the reflection round r (for the ordinary "step"
-    it is ``rounds`` if the step reflected, else 0), ``move`` the DDIM move
-    (evaluation timestep and alphas), ``guidance`` the CFG scale used,
-    ``eps`` the branches the operation computed at ``x_in``.
+    it is ``rounds`` if the step reflected, else 0), ``move`` the move
+    (evaluation timestep, noise levels, affine coefficients), ``guidance``
+    the leg's guidance, ``eps`` the branches the operation computed at
+    ``x_in`` (eps for DDIM, velocity for flow matching), ``output`` the
+    combined output that drove the move, ``condition`` the leg's
+    conditioning, and ``gap_output`` (zag events with ``measure_gap`` only)
+    the zag leg's output at the zig's input (x_i, t_i).
     """
 
     op: Op
     step: int
     round: int
-    move: DDIMMove
+    move: Move
     guidance: float
     x_in: torch.Tensor
     x_out: torch.Tensor
     eps: EpsPair
+    output: torch.Tensor | None = None
+    condition: Condition = Condition()
+    gap_output: torch.Tensor | None = None
 
 
 class Recorder(Protocol):
@@ -59,10 +72,116 @@ class NonFiniteLatentsError(FloatingPointError):
     """Latents became NaN or inf; the message names the step and operation."""
 
 
+@dataclass(frozen=True)
+class LegCall:
+    """How the loop runs one leg: the branches it asks for, how it combines
+    them (``eps_u + cfg_scale (eps_c - eps_u)``; 1.0 = the cond branch
+    alone), and the conditioning it passes."""
+
+    guidance: float
+    branches: Branches
+    cfg_scale: float
+    condition: Condition
+
+
+@dataclass(frozen=True)
+class LegPlan:
+    """The resolved zig, zag and step calls of a run, and whether the gap
+    term needs a probe call (legs that differ in more than the CFG scale)."""
+
+    zig: LegCall
+    zag: LegCall
+    step: LegCall
+    gap_is_free: bool
+
+    @classmethod
+    def resolve(cls, config: ZigzagConfig, denoiser: object, branches: str = "needed") -> LegPlan:
+        """Resolve ``config``'s legs for ``denoiser``; raises before any network call
+        when a leg asks for something the model cannot do."""
+        if branches not in ("needed", "both"):
+            raise ValueError(f"branches must be 'needed' or 'both', got {branches!r}")
+        mode = guidance_mode(denoiser)
+        if mode != "cfg" and branches == "both":
+            raise ValueError(
+                "branches='both' needs classifier-free guidance, but this model runs one branch (guidance-distilled "
+                "or unguided): pass a negative_prompt to run true CFG"
+            )
+        calls = {}
+        for name in LEG_NAMES:
+            leg = getattr(config.legs, name)
+            guidance = config.leg_guidance(name)
+            if leg.guidance_embed is not None and not getattr(denoiser, "has_guidance_embeds", False):
+                raise ValueError(
+                    f"legs.{name}.guidance_embed={leg.guidance_embed} needs a model with a guidance embedding "
+                    "(e.g. FLUX.1-dev); this one has none"
+                )
+            if leg.mix is not None and not getattr(denoiser, "supports_mix", False):
+                raise ValueError(
+                    f"legs.{name}.mix needs an adapter that encodes the empty prompt for the embedding mix "
+                    "(SD3, Flux); this model does not support it"
+                )
+            if mode == "cfg":
+                wanted = BOTH if branches == "both" else Branches.for_guidance(guidance)
+                calls[name] = LegCall(guidance, wanted, guidance, Condition(leg.guidance_embed, leg.mix))
+            else:
+                embed = (leg.guidance_embed if leg.guidance_embed is not None else guidance) \
+                    if mode == "embedded" else None
+                calls[name] = LegCall(guidance, COND, 1.0, Condition(embed, leg.mix))
+        same_condition = calls["zig"].condition == calls["zag"].condition
+        if mode != "cfg" and config.window and same_condition:
+            raise ValueError(
+                "the zig and zag legs are identical on this one-branch model, so a reflection injects nothing: "
+                + ("give the zag another guidance value, " if mode == "embedded" else "")
+                + "use an embedding mix (legs=Legs.embedding_mix()) or a negative prompt for true CFG"
+            )
+        plan = cls(**calls, gap_is_free=mode == "cfg" and same_condition)
+        return plan
+
+    def probes(self, config: ZigzagConfig, recording: bool) -> bool:
+        """Whether each reflection pays one extra call for o_zag(x_i, t_i)."""
+        return recording and config.measure_gap and not self.gap_is_free
+
+
+def guidance_mode(denoiser: object) -> GuidanceMode:
+    """How a denoiser applies guidance: "cfg" (two branches), "embedded"
+    (one branch with a guidance embedding) or "none"."""
+    mode = getattr(denoiser, "guidance_mode", "cfg")
+    if mode not in GUIDANCE_MODES:
+        raise ValueError(f"denoiser.guidance_mode must be one of {GUIDANCE_MODES}, got {mode!r}")
+    return mode
+
+
+def expected_network_rows(config: ZigzagConfig, batch_size: int, branches: str = "needed",
+                          mode: GuidanceMode = "cfg", recording: bool = False) -> int:
+    """Network rows the loop spends on a batch: T steps with the step leg's
+    branches plus, per reflection, a zig and a zag with their legs' branches
+    (and a gap probe with the zag's when ``measure_gap`` is paid). Recording
+    adds no rows otherwise.
+
+    With CFG legs and g2 in {0, 1} this is ``2T + 3 lambda rounds`` per
+    sample; on a guidance-distilled model ``T + 2 lambda rounds``.
+    """
+    capabilities = _Capabilities(mode)
+    plan = LegPlan.resolve(config, capabilities, branches)
+    per_reflection = plan.zig.branches.count + plan.zag.branches.count
+    if plan.probes(config, recording):
+        per_reflection += plan.zag.branches.count
+    return batch_size * (config.num_inference_steps * plan.step.branches.count + config.reflections * per_reflection)
+
+
+@dataclass(frozen=True)
+class _Capabilities:
+    """A stand-in denoiser that can do everything, for counting rows without a model."""
+
+    guidance_mode: GuidanceMode
+    has_guidance_embeds: bool = True
+    supports_mix: bool = True
+
+
 def zigzag_sample(
     denoiser: Denoiser,
     x: torch.Tensor,
-    schedule: DDIMSchedule,
+    schedule: Schedule,
     config: ZigzagConfig,
     *,
     recorder: Recorder | None = None,
@@ -81,10 +200,12 @@ def zigzag_sample(
     differ only in lambda.
 
     Args:
-        denoiser: returns eps_u / eps_c; counts network rows.
+        denoiser: returns the network output per CFG branch; counts network rows.
         x: initial latents (B, ...), already scaled by the scheduler's
             init_noise_sigma.
-        schedule: the DDIM schedule for ``config.num_inference_steps``.
+        schedule: the run's schedule (:class:`~zsampling.schedule.DDIMSchedule`
+            or :class:`~zsampling.schedule.FlowSchedule`) for
+            ``config.num_inference_steps``.
         config: the validated run settings.
         recorder: receives one :class:`Event` per zig, zag and step.
         branches: "needed" evaluates only the CFG branches each guidance
@@ -98,31 +219,35 @@ def zigzag_sample(
             stop None means T).
 
     Raises:
+        ValueError: a config the schedule or the model cannot run (before any
+            network call).
         NonFiniteLatentsError: naming the first step and operation whose
             output is not finite.
     """
-    if schedule.num_steps != config.num_inference_steps:
-        raise ValueError(
-            f"schedule has {schedule.num_steps} steps but config.num_inference_steps is "
-            f"{config.num_inference_steps}"
-        )
-    if branches not in ("needed", "both"):
-        raise ValueError(f"branches must be 'needed' or 'both', got {branches!r}")
+    schedule.check(config)
+    plan = LegPlan.resolve(config, denoiser, branches)
     stop = schedule.num_steps if stop is None else stop
     if not 0 <= start <= stop <= schedule.num_steps:
         raise ValueError(f"need 0 <= start <= stop <= T={schedule.num_steps}, got start={start}, stop={stop}")
-    g1, g2 = config.guidance_scale, config.inversion_guidance_scale
-    zig_branches = BOTH if branches == "both" else Branches.for_guidance(g1)
-    zag_branches = BOTH if branches == "both" else Branches.for_guidance(g2)
+    probe_gap = plan.probes(config, recorder is not None)
     guard = _FiniteGuard(nan_check_every)
 
-    def apply(op: Op, step: int, round_: int, move: DDIMMove, guidance: float, wanted: Branches,
-              x_in: torch.Tensor) -> torch.Tensor:
-        eps = denoiser(x_in, move.t_eval, wanted)
-        x_out = move.apply(x_in, eps.guided(guidance))
+    def evaluate(call: LegCall, x_in: torch.Tensor, t: float) -> tuple[EpsPair, torch.Tensor]:
+        """The loop's one network call site."""
+        if call.condition.is_default:
+            out = denoiser(x_in, t, call.branches)
+        else:
+            out = denoiser(x_in, t, call.branches, call.condition)
+        return out, out.guided(call.cfg_scale)
+
+    def apply(op: Op, step: int, round_: int, move: Move, call: LegCall, x_in: torch.Tensor,
+              gap_output: torch.Tensor | None = None) -> torch.Tensor:
+        out, output = evaluate(call, x_in, move.t_eval)
+        x_out = move.apply(x_in, output)
         guard.watch(x_out, op, step, round_)
         if recorder is not None:
-            recorder.record(Event(op, step, round_, move, guidance, x_in, x_out, eps))
+            recorder.record(Event(op, step, round_, move, call.guidance, x_in, x_out, out, output, call.condition,
+                                  gap_output))
         return x_out
 
     for i in tqdm(range(start, stop), disable=not progress, desc="z-sampling", leave=False):
@@ -131,9 +256,10 @@ def zigzag_sample(
         if reflects:
             zag = schedule.zag(i, config)
             for r in range(config.rounds):
-                y = apply("zig", i, r, zig, g1, zig_branches, x)
-                x = apply("zag", i, r, zag, g2, zag_branches, y)
-        x = apply("step", i, config.rounds if reflects else 0, zig, g1, zig_branches, x)
+                gap_output = evaluate(plan.zag, x, zig.t_eval)[1] if probe_gap else None
+                y = apply("zig", i, r, zig, plan.zig, x)
+                x = apply("zag", i, r, zag, plan.zag, y, gap_output)
+        x = apply("step", i, config.rounds if reflects else 0, zig, plan.step, x)
         if (i + 1) % nan_check_every == 0:
             guard.check()
     guard.check()

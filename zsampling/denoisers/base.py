@@ -19,6 +19,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from zsampling.legs import Condition
+
 
 @dataclass(frozen=True)
 class Branches:
@@ -39,11 +41,17 @@ class Branches:
 
 
 BOTH = Branches(uncond=True, cond=True)
+COND = Branches(uncond=False, cond=True)
 
 
 @dataclass(frozen=True)
 class EpsPair:
-    """Noise predictions of one evaluation; a branch not asked for is None."""
+    """Network outputs of one evaluation per CFG branch; a branch not asked for is None.
+
+    The outputs are in the model family's parameterisation: eps for DDIM
+    models (v- and x0-predictions converted by the adapters), the velocity v
+    for flow-matching models. The name stays from the DDIM-only days.
+    """
 
     uncond: torch.Tensor | None
     cond: torch.Tensor | None
@@ -67,12 +75,23 @@ def _required(eps: torch.Tensor | None, branch: str, scale: float) -> torch.Tens
 
 @runtime_checkable
 class Denoiser(Protocol):
-    """Returns eps_u and/or eps_c for a latent batch, counting network rows."""
+    """Returns eps_u and/or eps_c for a latent batch, counting network rows.
+
+    Optional attributes the loop reads (with these defaults):
+    ``guidance_mode = "cfg"`` ("embedded": one branch with a guidance
+    embedding, passed in the condition; "none": one unguided branch),
+    ``has_guidance_embeds = False`` and ``supports_mix = False`` (the
+    prompt-embedding mix of :mod:`zsampling.legs`). A denoiser that supports
+    neither is called with three arguments only, so the minimal protocol is
+    ``__call__(x, t, branches)``.
+    """
 
     network_rows: int
 
-    def __call__(self, x: torch.Tensor, t: int, branches: Branches) -> EpsPair:
-        """Evaluate the network on ``x`` (B, ...) at training timestep ``t``."""
+    def __call__(self, x: torch.Tensor, t: float, branches: Branches, condition: Condition = ...) -> EpsPair:
+        """Evaluate the network on ``x`` (B, ...) at timestep ``t`` (the
+        scheduler's convention) under ``condition`` (a leg's conditioning;
+        omitted for the prompt as encoded)."""
         ...
 
 
@@ -80,8 +99,13 @@ class Denoiser(Protocol):
 class SamplingTarget(Protocol):
     """A model with its prompts encoded: everything ``zsampling.sample`` needs.
 
-    ``scheduler`` is a diffusers ``DDIMScheduler`` whose config defines the
-    discrete schedule (alphas_cumprod, timestep spacing, final alpha);
+    ``scheduler`` is a diffusers ``DDIMScheduler`` (alphas_cumprod, timestep
+    spacing, final alpha) or ``FlowMatchEulerDiscreteScheduler`` (sigmas,
+    shift) whose config defines the discrete schedule; a target may add
+    ``set_timesteps_kwargs(T) -> dict`` (the pipeline's own ``set_timesteps``
+    arguments, e.g. Flux's ``sigmas`` and ``mu``), ``draw_latents(generator)``
+    (initial latents drawn as the pipeline does, e.g. Flux's packing) and
+    ``default_guidance`` (the pipeline's default guidance scale);
     ``latent_shape`` is the shape of one sample's latent, ``batch_size`` the
     number of samples the prompts encode, ``output_types`` what ``decode``
     can produce (checked before sampling starts).
@@ -98,15 +122,3 @@ class SamplingTarget(Protocol):
     def decode(self, latents: torch.Tensor, output_type: str) -> object:
         """Turn final latents into ``output_type`` ("pil", "np", "pt" or "latent")."""
         ...
-
-
-class Preparable(Protocol):
-    """A pipeline-like object that encodes its own prompts (the demo model)."""
-
-    def prepare_zsampling(
-        self,
-        prompts: list[str],
-        negative_prompts: list[str] | None,
-        height: int | None,
-        width: int | None,
-    ) -> SamplingTarget: ...

@@ -23,15 +23,16 @@ import math
 import platform
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from zsampling.config import ZigzagConfig
+from zsampling.legs import Condition
 from zsampling.sampler import Event
-from zsampling.schedule import DDIMSchedule, reflection_coefficient
+from zsampling.schedule import Schedule
 from zsampling.trace.data import OPS, SCALAR_NAMES, SCHEMA, SCHEMA_VERSION, MemorySource, Trace
 
 if TYPE_CHECKING:
@@ -186,7 +187,7 @@ class TraceRecorder:
         decode: Decode | None = None,
         decode_every: int | None = None,
         config: ZigzagConfig | None = None,
-        schedule: DDIMSchedule | None = None,
+        schedule: Schedule | None = None,
         prompts: Sequence[str] | None = None,
         negative_prompts: Sequence[str] | None = None,
         meta: Mapping[str, Any] | None = None,
@@ -225,7 +226,7 @@ class TraceRecorder:
         negative_prompts: Sequence[str] | None = None,
         *,
         config: ZigzagConfig | None = None,
-        schedule: DDIMSchedule | None = None,
+        schedule: Schedule | None = None,
         decode: Decode | None = None,
         meta: Mapping[str, Any] | None = None,
     ) -> None:
@@ -319,6 +320,39 @@ class TraceRecorder:
         return step % every == 0 or step == (self.num_steps or 0) - 1
 
 
+class _EventRow(NamedTuple):
+    """One event's row of the trace's event table."""
+
+    op: int
+    step: int
+    round: int
+    t_eval: float
+    a_from: float
+    a_to: float
+    guidance: float
+    c: float
+
+
+@dataclass(frozen=True)
+class _PendingZig:
+    """What a zag's reflection needs from its zig (flattened, compute dtype)."""
+
+    step: int
+    round: int
+    x_in: torch.Tensor
+    output: torch.Tensor
+    direction: torch.Tensor | None
+    signal: torch.Tensor
+    guidance: float
+    condition: Condition
+    c: float
+
+
+def _timestep_dtype(values: Sequence[float]) -> torch.dtype:
+    """int64 for DDIM's integer timesteps, float64 for flow matching's."""
+    return torch.int64 if all(float(v).is_integer() for v in values) else torch.float64
+
+
 class _Run:
     """Mutable state of one run being recorded (the hot path)."""
 
@@ -336,7 +370,7 @@ class _Run:
                 f"downsample needs 4-D latents (B, C, H, W); these are {tuple(x.shape)}: use downsample=None"
             )
         self.nan = torch.full((self.batch,), math.nan, dtype=self.cdtype, device=self.device)
-        self.events: list[tuple[int, int, int, int, float, float, float, float]] = []
+        self.events: list[_EventRow] = []
         self.rows: list[torch.Tensor] = []
         self.kept: dict[str, list[torch.Tensor]] = {name: [] for name in ("latents", "eps_uncond", "eps_cond", "x0")}
         self.inputs: dict[int, torch.Tensor] = {}
@@ -347,7 +381,7 @@ class _Run:
         self.last_out: torch.Tensor | None = None
         self.last_op: int | None = None
         self.last_step = -1
-        self.pending: tuple[int, int, torch.Tensor, torch.Tensor | None, torch.Tensor, float, float] | None = None
+        self.pending: _PendingZig | None = None
         self.cum: torch.Tensor | None = None
         self.prev_x0: torch.Tensor | None = None
         self.complete = False
@@ -404,9 +438,9 @@ class _Run:
             else:
                 eps = torch.add(flat_u, direction, alpha=ev.guidance)
         else:
-            eps = ev.eps.guided(ev.guidance).reshape(batch, -1).to(cdtype)
-        a_from = ev.move.a_from
-        x0 = torch.add(x_in, eps, alpha=-math.sqrt(1.0 - a_from)).div_(math.sqrt(a_from))
+            output = ev.output if ev.output is not None else ev.eps.guided(ev.guidance)
+            eps = output.reshape(batch, -1).to(cdtype)
+        x0 = ev.move.predicted_x0(x_in, eps)
         norm = torch.linalg.vector_norm
         nan = self.nan
         values = [nan] * len(SCALAR_NAMES)
@@ -420,16 +454,18 @@ class _Run:
         if code == _ZAG:
             c = self._reflection(ev, x_out, values)
         else:
-            c = reflection_coefficient(ev.move.a_from, ev.move.a_to)
+            c = ev.move.reflection_coefficient()
             if self.prev_x0 is not None:
                 values[_I["x0_change"]] = norm(x0 - self.prev_x0, dim=1)
             if code == _ZIG:
-                self.pending = (ev.step, ev.round, x_in, direction, signal, ev.guidance, c)
+                self.pending = _PendingZig(ev.step, ev.round, x_in, eps, direction, signal, ev.guidance,
+                                           ev.condition, c)
             else:
                 self.prev_x0 = x0
                 self.pending = None
         self.rows.append(torch.stack(values))
-        self.events.append((code, ev.step, ev.round, ev.move.t_eval, ev.move.a_from, ev.move.a_to, ev.guidance, c))
+        self.events.append(_EventRow(code, ev.step, ev.round, ev.move.t_eval, ev.move.level_from, ev.move.level_to,
+                                     ev.guidance, c))
 
         if "latents" in keep:
             self.kept["latents"].append(self.store(ev.x_out))
@@ -446,14 +482,13 @@ class _Run:
 
     def _reflection(self, ev: Event, x_out: torch.Tensor, values: list[torch.Tensor]) -> float:
         """Fill the semantic-gain scalars of the reflection ending with this zag."""
-        pending = self.pending
+        zig = self.pending
         self.pending = None
-        if pending is None or pending[:2] != (ev.step, ev.round):
+        if zig is None or (zig.step, zig.round) != (ev.step, ev.round):
             return math.nan  # a zag without its zig: nothing to compare against
-        _, _, x_before, direction, signal, g1, c = pending
-        g2 = ev.guidance
+        g2, c = ev.guidance, zig.c
         norm = torch.linalg.vector_norm
-        delta = x_out - x_before
+        delta = x_out - zig.x_in
         gain = norm(delta, dim=1)
         values[_I["gain_norm"]] = gain
         if self.cum is None:
@@ -461,6 +496,7 @@ class _Run:
         else:
             self.cum.add_(delta)
         values[_I["gain_cum_norm"]] = norm(self.cum, dim=1)
+        direction, signal = zig.direction, zig.signal
         if direction is not None:
             dot = torch.linalg.vecdot(delta, direction, dim=1)
             parallel = dot / signal
@@ -468,13 +504,18 @@ class _Run:
             values[_I["gain_parallel"]] = parallel
             values[_I["gain_orthogonal"]] = norm(delta - (dot / (signal * signal)).unsqueeze(1) * direction, dim=1)
             values[_I["zig_guidance_signal"]] = signal
-        if g1 == g2:
+        same_condition = zig.condition == ev.condition
+        if same_condition and zig.guidance == g2:
             values[_I["gap_norm"]] = torch.zeros_like(gain)
             values[_I["residual_norm"]] = gain
-        elif direction is not None:
-            coef = c * (g1 - g2)
+        elif same_condition and direction is not None:
+            coef = c * (zig.guidance - g2)
             values[_I["gap_norm"]] = abs(coef) * signal
             values[_I["residual_norm"]] = norm(torch.add(delta, direction, alpha=-coef), dim=1)
+        elif ev.gap_output is not None:  # legs differ beyond CFG: the measured o_zag(x_i, t_i)
+            gap = (zig.output - ev.gap_output.reshape(self.batch, -1).to(self.cdtype)).mul_(c)
+            values[_I["gap_norm"]] = norm(gap, dim=1)
+            values[_I["residual_norm"]] = norm(delta - gap, dim=1)
         return c
 
     def _step_extras(self, ev: Event, e: int, x0: torch.Tensor) -> None:
@@ -526,9 +567,9 @@ class _Run:
             "op": op,
             "step": step,
             "round": torch.tensor(columns[2], dtype=torch.int32),
-            "t_eval": torch.tensor(columns[3], dtype=torch.int64),
-            "t_from": torch.tensor(t_from, dtype=torch.int64),
-            "t_to": torch.tensor(t_to, dtype=torch.int64),
+            "t_eval": torch.tensor(columns[3], dtype=_timestep_dtype(columns[3])),
+            "t_from": torch.tensor(t_from, dtype=_timestep_dtype(t_from)),
+            "t_to": torch.tensor(t_to, dtype=_timestep_dtype(t_to)),
             "a_from": torch.tensor(columns[4], dtype=torch.float64),
             "a_to": torch.tensor(columns[5], dtype=torch.float64),
             "guidance": torch.tensor(columns[6], dtype=torch.float64),
@@ -557,18 +598,18 @@ class _Run:
         meta.update(extra_meta)
         return Trace(meta, events, scalars, metrics, MemorySource(tensors))
 
-    def _nominal_timesteps(self) -> tuple[list[int], list[int]]:
-        schedule: DDIMSchedule | None = self.context["schedule"]
+    def _nominal_timesteps(self) -> tuple[list[float], list[float]]:
+        schedule: Schedule | None = self.context["schedule"]
         step_t: dict[int, int] = {}
-        for code, i, _, t_eval, *_ in self.events:
-            if code != _ZAG:
-                step_t.setdefault(i, t_eval)
+        for row in self.events:
+            if row.op != _ZAG:
+                step_t.setdefault(row.step, row.t_eval)
         if schedule is not None:
             step_t = dict(enumerate(schedule.timesteps))
         t_from, t_to = [], []
-        for code, i, *_ in self.events:
-            current, following = step_t.get(i, -1), step_t.get(i + 1, -1)
-            if code == _ZAG:
+        for row in self.events:
+            current, following = step_t.get(row.step, -1), step_t.get(row.step + 1, -1)
+            if row.op == _ZAG:
                 t_from.append(following)
                 t_to.append(current)
             else:
@@ -595,7 +636,7 @@ class _Run:
             "prompts": None if prompts is None else list(prompts),
             "negative_prompts": None if negative is None or len(negative) != self.batch else list(negative),
             "config": None if ctx["config"] is None else config_to_dict(ctx["config"]),
-            "schedule": None if ctx["schedule"] is None else schedule_to_dict(ctx["schedule"]),
+            "schedule": None if ctx["schedule"] is None else ctx["schedule"].to_dict(),
             "latent_shape": list(self.shape),
             "sampler_dtype": str(self.dtype).removeprefix("torch."),
             "storage": {
@@ -648,34 +689,26 @@ def package_versions() -> dict[str, str]:
 
 
 def config_to_dict(config: ZigzagConfig) -> dict[str, Any]:
-    """A :class:`ZigzagConfig` as JSON-ready values (plus the resolved window)."""
+    """A :class:`ZigzagConfig` as JSON-ready values (plus the resolved window).
+
+    ``legs`` and ``measure_gap`` appear only when they differ from their
+    defaults, so plain Z-Sampling configs (and the cell hashes sweeps derive
+    from them) read as they did before legs existed.
+    """
     values: dict[str, Any] = {
         field.name: getattr(config, field.name) for field in dataclasses.fields(config) if field.init
     }
     if isinstance(values["zigzag_steps"], tuple):
         values["zigzag_steps"] = list(values["zigzag_steps"])
+    if config.legs.is_default:
+        del values["legs"]
+    else:
+        values["legs"] = dataclasses.asdict(config.legs)
+    if not config.measure_gap:
+        del values["measure_gap"]
     values["window"] = sorted(config.window)
     values["reflections"] = config.reflections
     return values
-
-
-def config_from_dict(values: Mapping[str, Any]) -> ZigzagConfig:
-    """Inverse of :func:`config_to_dict`."""
-    names = {field.name for field in dataclasses.fields(ZigzagConfig) if field.init}
-    return ZigzagConfig(**{key: value for key, value in values.items() if key in names})
-
-
-def schedule_to_dict(schedule: DDIMSchedule) -> dict[str, Any]:
-    """The schedule's timesteps and constants (alphas of the used timesteps)."""
-    return {
-        "timesteps": list(schedule.timesteps),
-        "alphas": [schedule.alpha_at(i) for i in range(schedule.num_steps)],
-        "final_alpha_cumprod": schedule.final_alpha_cumprod,
-        "initial_alpha_cumprod": schedule.initial_alpha_cumprod,
-        "stride": schedule.stride,
-        "prediction_type": schedule.prediction_type,
-        "num_train_timesteps": int(schedule.alphas_cumprod.shape[0]),
-    }
 
 
 class MultiRecorder:

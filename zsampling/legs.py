@@ -1,0 +1,117 @@
+"""Reflection legs: what the zig, the zag and the ordinary step each run.
+
+A run has three legs (DESIGN.md, "Reflection legs"): ``zig`` (the denoising
+half of a reflection), ``zag`` (the inversion) and ``step`` (the ordinary
+move after a step's reflections and at every step outside the window). A leg
+fixes the guidance and the conditioning its network call uses. Z-Sampling is
+zig = step = (g1, prompt), zag = (g2, prompt): the gap between the zig's and
+the zag's outputs is what a reflection injects.
+
+Guidance means the CFG scale on two-branch models and the guidance-embedding
+value on guidance-distilled ones (Flux.1-dev). The conditioning can also be
+the prompt-embedding mix of the Z-Sampling authors' Flux code (RF-Sampling):
+``c + s ((1 - r) c + r c_empty)`` with c the prompt's embeddings and c_empty
+those of "" (zig (3.5, 0.3), zag (0, 0.7) in their code).
+
+Standard library only, like :mod:`zsampling.config`, so analysis code can
+read configs without importing torch.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field
+
+LEG_NAMES: tuple[str, ...] = ("zig", "zag", "step")
+
+RF_SAMPLING_MIX: dict[str, tuple[float, float]] = {"zig": (3.5, 0.3), "zag": (0.0, 0.7)}
+"""(s, r) of the embedding mix in the authors' Flux code, per leg."""
+
+
+@dataclass(frozen=True)
+class Leg:
+    """One leg's settings; ``None`` keeps the run's default.
+
+    Args:
+        guidance: the leg's guidance in the run's own sense: the CFG scale on
+            two-branch runs, the guidance-embedding value on a
+            guidance-distilled model run without a negative prompt (as
+            diffusers' ``FluxPipeline`` calls it ``guidance_scale``). None: g1
+            for the zig and the step, g2 for the zag.
+        guidance_embed: an explicit guidance-embedding value for this leg on a
+            model with guidance embeddings that runs true CFG (a negative
+            prompt); None keeps the pipeline's value.
+        mix: (s, r) of the prompt-embedding mix ``c + s ((1 - r) c + r c_empty)``,
+            or None for the prompt's own embeddings.
+    """
+
+    guidance: float | None = None
+    guidance_embed: float | None = None
+    mix: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("guidance", "guidance_embed"):
+            if getattr(self, name) is not None:
+                _check_finite(name, getattr(self, name))
+        if self.mix is not None:
+            if isinstance(self.mix, (str, bytes)) or len(tuple(self.mix)) != 2:
+                raise ValueError(f"mix must be a pair (s, r) of finite numbers, got {self.mix!r}")
+            s, r = (float(v) for v in self.mix)
+            _check_finite("mix s", s)
+            _check_finite("mix r", r)
+            object.__setattr__(self, "mix", (s, r))
+
+
+@dataclass(frozen=True)
+class Legs:
+    """The three legs of a run; the defaults are plain Z-Sampling."""
+
+    zig: Leg = field(default_factory=Leg)
+    zag: Leg = field(default_factory=Leg)
+    step: Leg = field(default_factory=Leg)
+
+    def __post_init__(self) -> None:
+        for name in LEG_NAMES:
+            value = getattr(self, name)
+            if not isinstance(value, Leg):
+                raise ValueError(f"legs.{name} must be a Leg, got {value!r}")
+
+    @classmethod
+    def embedding_mix(cls, zig: tuple[float, float] = RF_SAMPLING_MIX["zig"],
+                      zag: tuple[float, float] = RF_SAMPLING_MIX["zag"]) -> Legs:
+        """The authors' Flux gap: zig and step on mix ``zig``, zag on mix ``zag``.
+
+        Hold the guidance fixed on every leg by passing
+        ``inversion_guidance_scale`` equal to ``guidance_scale``, as their code does.
+        """
+        return cls(zig=Leg(mix=zig), zag=Leg(mix=zag), step=Leg(mix=zig))
+
+    @property
+    def is_default(self) -> bool:
+        return self == Legs()
+
+
+@dataclass(frozen=True)
+class Condition:
+    """What a leg changes in the network's conditioning, beyond the CFG branches.
+
+    ``guidance_embed``: the guidance-embedding value (guidance-distilled
+    models); ``mix``: the prompt-embedding mix (s, r). The default (both
+    None) is the prompt as encoded.
+    """
+
+    guidance_embed: float | None = None
+    mix: tuple[float, float] | None = None
+
+    @property
+    def is_default(self) -> bool:
+        return self.guidance_embed is None and self.mix is None
+
+
+DEFAULT_CONDITION = Condition()
+
+
+def _check_finite(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
