@@ -99,7 +99,8 @@ def test_official_operator_equals_the_released_code_on_non_eps_models(prediction
     pipe = tiny_sd_pipeline()
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type=prediction_type)
     steps, g1 = 10, 5.5
-    latents = torch.randn(len(PROMPTS), *prepare(pipe, PROMPTS).latent_shape, generator=torch.Generator().manual_seed(3))
+    shape = prepare(pipe, PROMPTS).latent_shape
+    latents = torch.randn(len(PROMPTS), *shape, generator=torch.Generator().manual_seed(3))
     ours = sample(pipe, PROMPTS, num_inference_steps=steps, guidance_scale=g1, inversion_guidance_scale=g2,
                   zigzag_steps=window, rounds=rounds, latents=latents, output_type="latent", progress=False)
     expected = released_code_loop(pipe, latents.clone(), steps, g1, g2, window, rounds)

@@ -24,6 +24,10 @@ Sizes (pixels / latents, batch of one):
 
 * :func:`tiny_sd_pipeline`: 64x64 pixels, latents ``(1, 4, 32, 32)``.
 * :func:`tiny_sdxl_pipeline`: 64x64 pixels, latents ``(1, 4, 32, 32)``.
+* :func:`tiny_sd3_pipeline`: 32x32 pixels, latents ``(1, 4, 32, 32)``
+  (flow matching, three text encoders).
+* :func:`tiny_flux_pipeline`: 32x32 pixels, packed latents ``(1, 256, 16)``
+  (flow matching; ``guidance_embeds`` True for FLUX.1-dev, False for schnell).
 * :func:`tiny_pixart_pipeline`: 64x64 pixels, latents ``(1, 4, 32, 32)``;
   call it with ``use_resolution_binning=False`` (otherwise the pipeline snaps
   the request to its 256x256 aspect-ratio bins) and ``clean_caption=False``
@@ -45,8 +49,13 @@ from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
     DiffusionPipeline,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
     PixArtAlphaPipeline,
     PixArtTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
@@ -63,7 +72,7 @@ from transformers import (
     T5EncoderModel,
 )
 
-__all__ = ["tiny_pixart_pipeline", "tiny_sd_pipeline", "tiny_sdxl_pipeline"]
+__all__ = ["tiny_flux_pipeline", "tiny_pixart_pipeline", "tiny_sd3_pipeline", "tiny_sd_pipeline", "tiny_sdxl_pipeline"]
 
 # Vocabulary size of every tiny text encoder; all tokenizer ids stay below it.
 _TEXT_VOCAB_SIZE = 1000
@@ -422,3 +431,79 @@ def tiny_pixart_pipeline(seed: int = 0) -> PixArtAlphaPipeline:
         scheduler=_ddim_scheduler(),
     )
     return _finish(pipe)
+
+
+
+def _tiny_t5_encoder(seed: int) -> T5EncoderModel:
+    """Two-layer T5 encoder (width 32) over the tiny T5 vocabulary."""
+    with _seeded(seed):
+        return T5EncoderModel(T5Config(
+            vocab_size=_TEXT_VOCAB_SIZE, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+            relative_attention_num_buckets=8, decoder_start_token_id=0,
+        ))
+
+
+def _tiny_flow_vae(seed: int) -> AutoencoderKL:
+    """One-block KL autoencoder (no downsampling, 4 latent channels) with SD3/Flux's
+    scaling and shift factors and no quant convs, as their VAEs."""
+    with _seeded(seed):
+        return AutoencoderKL(
+            block_out_channels=(4,), in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
+            up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=1, sample_size=32,
+            use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
+        )
+
+
+def tiny_sd3_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
+    """Build a tiny random Stable-Diffusion-3-style pipeline, offline.
+
+    One-layer ``SD3Transformer2DModel`` (patch 1, 4 heads of 8), two CLIP
+    text encoders with projection and a T5 encoder (the three SD3 encoders),
+    a one-block VAE and ``FlowMatchEulerDiscreteScheduler(shift=3.0)`` (SD3's
+    config). Default size 32x32 pixels, latents ``(B, 4, 32, 32)``.
+    """
+    tokenizer = _tiny_clip_tokenizer()
+    clip = dict(hidden_size=32, projection_dim=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2)
+    with _seeded(seed):
+        transformer = SD3Transformer2DModel(
+            sample_size=32, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=4,
+            caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=64, out_channels=4,
+        )
+        text_encoder = CLIPTextModelWithProjection(_clip_text_config(tokenizer, **clip))
+        text_encoder_2 = CLIPTextModelWithProjection(_clip_text_config(tokenizer, **clip))
+    return _finish(StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_tiny_flow_vae(seed),
+        text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
+        tokenizer_2=_tiny_clip_tokenizer(), text_encoder_3=_tiny_t5_encoder(seed), tokenizer_3=_tiny_t5_tokenizer(),
+    ))
+
+
+def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True) -> FluxPipeline:
+    """Build a tiny random Flux-style pipeline, offline.
+
+    ``FluxTransformer2DModel`` with one double and one single block (2 heads
+    of 16, RoPE axes (4, 4, 8)); ``guidance_embeds=True`` is FLUX.1-dev's
+    guidance-distilled form, False FLUX.1-schnell's. CLIP + T5 text encoders,
+    a one-block VAE, and Flux's scheduler config (dynamic shifting, base /
+    max shift 0.5 / 1.15 over 256..4096 tokens). Default size 32x32 pixels:
+    packed latents ``(B, 256, 16)``.
+    """
+    tokenizer = _tiny_clip_tokenizer()
+    with _seeded(seed):
+        transformer = FluxTransformer2DModel(
+            patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+            guidance_embeds=guidance_embeds,
+        )
+        text_encoder = CLIPTextModel(_clip_text_config(
+            tokenizer, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+            projection_dim=32,
+        ))
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096,
+        shift=3.0,
+    )
+    return _finish(FluxPipeline(
+        scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=_tiny_t5_encoder(seed),
+        tokenizer_2=_tiny_t5_tokenizer(), transformer=transformer, vae=_tiny_flow_vae(seed),
+    ))

@@ -103,12 +103,13 @@ def sample_with_trace(
     )
     output = sample_target(target, config, recorder=MultiRecorder(recorder, extra_recorder), **sample_kwargs)
     branches = sample_kwargs.get("branches", "needed")
+    mode = guidance_mode(target.denoiser)
     trace = recorder.finish(
         network_rows=output.network_rows,
         nfe=output.nfe,
-        expected_network_rows=_loop_rows(config, len(prompts), branches, guidance_mode(target.denoiser),
-                                         recording=True),
+        expected_network_rows=_loop_rows(config, len(prompts), branches, mode, recording=True),
         branches=branches,
+        guidance_mode=mode,
         output_type=sample_kwargs.get("output_type", "pil"),
         seed=seed_meta,
         key=key,
