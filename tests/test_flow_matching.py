@@ -335,3 +335,26 @@ def test_ddim_pipeline_refuses_the_euler_operator_and_other_flow_schedulers(sd3)
     pipe.scheduler = FlowMatchHeunDiscreteScheduler.from_config(pipe.scheduler.config)
     with pytest.raises(ValueError, match="needs FlowMatchEulerDiscreteScheduler"):
         sample(pipe, PROMPTS, num_inference_steps=3, progress=False)
+
+
+# ------------------------------------------------------------------------------------------------- sweeps
+def test_a_flow_sweep_shares_its_zigzag_prefix_exactly(tmp_path):
+    from safetensors.torch import load_file
+
+    from zsampling.sweep import expand_cells, parse_spec, run_sweep
+
+    spec = parse_spec({
+        "model": {"name": "tiny-flux", "options": {"guidance_embeds": True}}, "prompts": PROMPTS, "seeds": [0],
+        "grid": {"num_inference_steps": 4, "guidance_scale": [3.5], "inversion_guidance_scale": [0.0],
+                 "zigzag_steps": {"range": [0, 4]}, "zag": ["euler"]},
+        "metrics": [], "batch_size": 2,
+    })
+    shared = run_sweep(spec, tmp_path / "shared", progress=False)
+    alone = run_sweep(spec, tmp_path / "alone", progress=False, share_prefix=False)
+    assert shared.network_rows_spent < alone.network_rows_spent
+    for cell in expand_cells(spec):
+        a = load_file(tmp_path / "shared" / "images" / f"{cell.hash}.safetensors")["images"]
+        b = load_file(tmp_path / "alone" / "images" / f"{cell.hash}.safetensors")["images"]
+        assert torch.equal(a, b)
+    nfe = shared.results.groupby("zigzag_steps")["nfe"].first()
+    assert nfe.to_dict() == {lam: 4 + 2 * lam for lam in range(4)}

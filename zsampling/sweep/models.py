@@ -15,9 +15,11 @@ Models (``model.name``):
   ``scheduler``) or an explicit mixture (``weights``, ``means``,
   ``covariances``, ``component_names``, ``scheduler``). Prompts name
   components ("0", "0,2", names).
-* ``"tiny-sd"``, ``"tiny-sdxl"``, ``"tiny-pixart"``: randomly initialised
-  offline pipelines from :mod:`zsampling.tiny_pipelines` (plumbing checks,
-  benchmarks); option ``seed``.
+* ``"tiny-sd"``, ``"tiny-sdxl"``, ``"tiny-pixart"``, ``"tiny-sd3"``,
+  ``"tiny-flux"``: randomly initialised offline pipelines from
+  :mod:`zsampling.tiny_pipelines` (plumbing checks, benchmarks); option
+  ``seed`` (and ``guidance_embeds`` for ``tiny-flux``). Flow-matching models
+  need ``zag: [euler]`` in the grid.
 * a preset name or alias of :mod:`zsampling.presets` (``"sdxl"``,
   ``"sdxl-dpo"``, ``"sd15"``, ...): loaded with
   :func:`~zsampling.presets.load_preset_pipeline` (the preset's checkpoint,
@@ -29,9 +31,10 @@ Models (``model.name``):
 * a local diffusers directory (with ``model_index.json``) or a hub id
   (``org/name``) for users who have one: ``DiffusionPipeline.from_pretrained``;
   options ``height``, ``width``, ``variant``, ``revision``,
-  ``local_files_only``, ``scheduler`` ("ddim": a non-DDIM scheduler is
-  replaced by ``DDIMScheduler.from_config(config, clip_sample=False)``;
-  "keep": use the pipeline's own, which must be a DDIMScheduler).
+  ``local_files_only``, ``scheduler`` ("ddim": a scheduler the loop cannot
+  follow is replaced by ``DDIMScheduler.from_config(config, clip_sample=False)``,
+  or by ``FlowMatchEulerDiscreteScheduler.from_config(config)`` on a
+  flow-matching pipeline (SD3, Flux); "keep": use the pipeline's own).
 
 Metrics (``metrics:``): per-sample metrics have ``name``,
 ``higher_is_better`` and ``score(images, prompts) -> (B,)``; set-level
@@ -62,6 +65,8 @@ TINY_PIPELINES: dict[str, str] = {
     "tiny-sd": "tiny_sd_pipeline",
     "tiny-sdxl": "tiny_sdxl_pipeline",
     "tiny-pixart": "tiny_pixart_pipeline",
+    "tiny-sd3": "tiny_sd3_pipeline",
+    "tiny-flux": "tiny_flux_pipeline",
 }
 SMALL_MODEL_KINDS: tuple[str, ...] = ("demo", "analytic", "tiny")
 """Kinds whose final images are saved by default (``images: auto``)."""
@@ -72,7 +77,7 @@ _OPTION_KEYS: dict[str, tuple[str, ...]] = {
     "demo": ("model_dir",),
     "analytic": ("d", "num_components", "radius", "std", "weights", "means", "covariances", "component_names",
                  "scheduler"),
-    "tiny": ("seed",),
+    "tiny": ("seed", "guidance_embeds"),
     "preset": ("local_path", "unet_path", "vae", "vae_upcast", "variant", "cpu_offload", "compile", "height",
                "width"),
     "diffusers": ("height", "width", "variant", "revision", "local_files_only", "scheduler"),
@@ -355,20 +360,26 @@ def load_model(spec: ModelSpec, device: torch.device) -> LoadedModel:
     elif kind == "tiny":
         from zsampling import tiny_pipelines
 
-        pipe = getattr(tiny_pipelines, TINY_PIPELINES[spec.name])(seed=options.get("seed", 0)).to(device)
+        extra = {"guidance_embeds": bool(options["guidance_embeds"])} \
+            if spec.name == "tiny-flux" and "guidance_embeds" in options else {}
+        pipe = getattr(tiny_pipelines, TINY_PIPELINES[spec.name])(seed=options.get("seed", 0), **extra).to(device)
         if dtype != torch.float32:
             pipe = pipe.to(dtype=dtype)
         pipe.set_progress_bar_config(disable=True)
     else:
-        from diffusers import DDIMScheduler, DiffusionPipeline
+        from diffusers import DDIMScheduler, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 
         kwargs = {k: options[k] for k in ("variant", "revision", "local_files_only") if k in options}
         try:
             pipe = DiffusionPipeline.from_pretrained(spec.name, torch_dtype=dtype, **kwargs)
         except Exception as error:
             raise RuntimeError(f"cannot load diffusers pipeline {spec.name!r}: {error}") from error
-        if options.get("scheduler", "ddim") == "ddim" and not isinstance(pipe.scheduler, DDIMScheduler):
-            pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
+        if options.get("scheduler", "ddim") == "ddim":
+            if "FlowMatch" in type(pipe.scheduler).__name__:
+                if not isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler):
+                    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+            elif not isinstance(pipe.scheduler, DDIMScheduler):
+                pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
         pipe = pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
         height, width = options.get("height"), options.get("width")

@@ -55,9 +55,9 @@ from typing import Any
 
 import torch
 
-from zsampling.api import initial_latents
-from zsampling.sampler import Event, zigzag_sample
-from zsampling.schedule import DDIMSchedule
+from zsampling.api import initial_latents, target_schedule
+from zsampling.sampler import Event, expected_network_rows, guidance_mode, zigzag_sample
+from zsampling.schedule import Schedule
 from zsampling.sweep import results as res
 from zsampling.sweep.cells import (
     Cell,
@@ -432,8 +432,7 @@ class _Fanout:
         if event.op == "zig" and event.round == 0 and event.step in self.branch_lams:
             lam = event.step
             if lam in self.recorders:
-                self.recorders[lam].record(Event("step", lam, 0, event.move, event.guidance, event.x_in,
-                                                 event.x_out, event.eps))
+                self.recorders[lam].record(dataclasses.replace(event, op="step", round=0))
             self.spawned[lam] = (event.x_out, self.clock())
 
 
@@ -458,6 +457,7 @@ class _Executor:
         self._prepared: dict[int, tuple[Any, torch.Tensor, float]] = {}
         self.matched: dict[str, dict[str, Any]] = {}
         """Derived cell hash -> its ``matched`` record entry (set before running matched baselines)."""
+        self._guidance_mode = "cfg"  # the model's, read from its first prepared target
 
     def run(self, groups: Sequence[Group]) -> _Stats:
         stats = _Stats()
@@ -497,13 +497,14 @@ class _Executor:
             assert self.model is not None
             begin = time.perf_counter()
             target = self.model.prepare([s.prompt for s in chunk], self.spec.negative_prompt)
+            self._guidance_mode = guidance_mode(target.denoiser)
             noise = initial_noise(chunk, target.latent_shape, self.spec.noise)
             x = initial_latents(target, noise, None)
             self._sync()
             self._prepared[index] = (target, x, time.perf_counter() - begin)
         return self._prepared[index]
 
-    def _recorder(self, unit: Unit, target: Any, schedule: DDIMSchedule, chunk: Sequence[Sample]) -> Any:
+    def _recorder(self, unit: Unit, target: Any, schedule: Schedule, chunk: Sequence[Sample]) -> Any:
         from zsampling.trace import ScorerMetric, TraceRecorder
 
         trace = self.spec.trace
@@ -524,7 +525,7 @@ class _Executor:
         target, x, prepare_time = self._prepare(index, chunk)
         units = group.units
         steps = units[0].cells[0].num_inference_steps
-        schedule = DDIMSchedule.from_scheduler(target.scheduler, steps)
+        schedule = target_schedule(target, steps)
         recorders = {u.lam: self._recorder(u, target, schedule, chunk) for u in units} if self.spec.trace else {}
         denoiser = target.denoiser
         branches = self.spec.branches
@@ -554,10 +555,13 @@ class _Executor:
             self._finish_batch(unit, target, final, chunk, prepare_time + elapsed, spent, states[unit.lam],
                                recorders.get(unit.lam))
 
+    def _rows(self, config: Any, batch_size: int) -> int:
+        """Network rows the loop spends on ``config`` for this model (its guidance mode, with recording)."""
+        return expected_network_rows(config, batch_size, self.spec.branches, self._guidance_mode,
+                                     recording=self.spec.trace is not None)
+
     def _finish_batch(self, unit: Unit, target: Any, final: torch.Tensor, chunk: Sequence[Sample], elapsed: float,
                       spent: int, state: _UnitState, recorder: Any | None) -> None:
-        from zsampling.trace import expected_network_rows
-
         assert self.model is not None
         begin = time.perf_counter()
         need_images = bool(self.sample_metrics or self.set_metrics or (self.spec.images
@@ -585,8 +589,8 @@ class _Executor:
         if recorder is not None:
             config = unit.config
             state.traces.append(recorder.finish(
-                network_rows=spent, nfe=expected_network_rows(config, 1, self.spec.branches),
-                expected_network_rows=expected_network_rows(config, len(chunk), self.spec.branches),
+                network_rows=spent, nfe=self._rows(config, 1),
+                expected_network_rows=self._rows(config, len(chunk)),
                 branches=self.spec.branches, output_type=self.spec.output_type,
                 seed={"seeds": [s.seed for s in chunk]},
             ))
@@ -597,12 +601,11 @@ class _Executor:
         from safetensors.torch import save as save_safetensors
 
         from zsampling.sweep.traces import concat_traces
-        from zsampling.trace import expected_network_rows
         from zsampling.trace.storage import save_trace
 
         assert self.model is not None
         n = len(self.samples)
-        nfe = expected_network_rows(unit.config, 1, self.spec.branches)
+        nfe = self._rows(unit.config, 1)
         prompts = [s.prompt for s in self.samples]
         set_values: dict[str, float] = {}
         if self.set_metrics:
