@@ -52,7 +52,7 @@ def test_sdxl_preset_is_the_released_setting() -> None:
 
 
 def test_other_presets_document_their_sources() -> None:
-    assert list_presets() == ["sdxl", "sdxl-dpo", "dreamshaper-xl", "sd15", "sd21", "pixart-alpha"]
+    assert list_presets()[:6] == ["sdxl", "sdxl-dpo", "dreamshaper-xl", "sd15", "sd21", "pixart-alpha"]
     expected = {  # name: (hub id, pipeline class, px, g1, prediction type)
         "sdxl-dpo": ("stabilityai/stable-diffusion-xl-base-1.0", "StableDiffusionXLPipeline", 1024, 5.0, "epsilon"),
         "dreamshaper-xl": ("Lykon/dreamshaper-xl-1-0", "StableDiffusionXLPipeline", 1024, 5.0, "epsilon"),
@@ -151,7 +151,7 @@ def test_paper_sweep_specs_match_presets() -> None:
 
     folder = Path(__file__).resolve().parents[1] / "configs" / "paper"
     names = sorted(path.stem for path in folder.glob("*.yaml"))
-    assert names == sorted(name for name, preset in PRESETS.items() if not preset.components)
+    assert names == sorted(name for name, preset in PRESETS.items() if not preset.components and preset.legs.is_default)
     for name in names:
         preset = PRESETS[name]
         spec = load_spec(folder / f"{name}.yaml")
@@ -206,3 +206,44 @@ def test_sweep_loads_a_preset_by_name(offline: None, tiny_sdxl_dir: Path, tmp_pa
         parse_spec({**data, "model": {"name": "sdxl", "options": {"local_path": str(tmp_path / "nope")}}})
     with pytest.raises(SpecError, match=r"model.options.cpu_offload must be true or false"):
         parse_spec({**data, "model": {"name": "sdxl", "options": {"cpu_offload": "yes"}}})
+
+
+def test_flow_matching_presets_mark_what_is_not_from_the_paper() -> None:
+    expected = {  # name: (hub id, pipeline class, T, g1, g2)
+        "sd3-medium": ("stabilityai/stable-diffusion-3-medium-diffusers", "StableDiffusion3Pipeline", 28, 7.0, 0.0),
+        "sd3.5-large": ("stabilityai/stable-diffusion-3.5-large", "StableDiffusion3Pipeline", 28, 3.5, 0.0),
+        "sd3.5-medium": ("stabilityai/stable-diffusion-3.5-medium", "StableDiffusion3Pipeline", 40, 4.5, 0.0),
+        "flux-dev": ("black-forest-labs/FLUX.1-dev", "FluxPipeline", 50, 3.5, 1.0),
+        "flux-schnell": ("black-forest-labs/FLUX.1-schnell", "FluxPipeline", 4, 0.0, 0.0),
+    }
+    assert list_presets()[6:] == list(expected)
+    for name, (hub_id, cls, steps, g1, g2) in expected.items():
+        preset = PRESETS[name]
+        assert (preset.hub_id, preset.pipeline_class, preset.num_inference_steps, preset.guidance_scale,
+                preset.inversion_guidance_scale) == (hub_id, cls, steps, g1, g2)
+        assert (preset.dtype, preset.scheduler, preset.zag, preset.zigzag_steps) == (
+            "bfloat16", "FlowMatchEulerDiscreteScheduler", "euler", steps - 1)
+        assert not preset.guidance_from_paper and "not from the paper" in preset.notes
+        assert preset.to_dict()["scheduler"] == "FlowMatchEulerDiscreteScheduler"
+    assert PRESETS["flux-schnell"].sampling_kwargs()["legs"].zag.mix == (0.0, 0.7)
+    with pytest.raises(ValueError, match="sweeps cannot express yet"):
+        PRESETS["flux-schnell"].sweep_grid()
+
+
+def test_flow_preset_fails_fast_offline_naming_the_hub_id(offline: None) -> None:
+    with pytest.raises(WeightsNotFoundError, match="black-forest-labs/FLUX.1-dev"):
+        load_preset_pipeline("flux-dev", device="cpu")
+
+
+def test_flow_preset_loads_a_local_tiny_flux_with_the_euler_scheduler(offline: None, tmp_path: Path) -> None:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from zsampling.tiny_pipelines import tiny_flux_pipeline
+
+    tiny_flux_pipeline().save_pretrained(tmp_path / "flux")
+    pipe = load_preset_pipeline("flux-dev", local_path=tmp_path / "flux", device="cpu")
+    assert isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler)
+    out = zsampling.sample(pipe, "a cat", **{**PRESETS["flux-dev"].sampling_kwargs(), "num_inference_steps": 3,
+                                             "zigzag_steps": 2, "height": 32, "width": 32},
+                           output_type="latent", progress=False)
+    assert out.nfe == 3 + 2 * 2 and out.config.zag == "euler"

@@ -27,13 +27,25 @@ dreamshaper-xl  Lykon/dreamshaper-xl-1-0                        fp16   1024  5.0
 sd15            stable-diffusion-v1-5/stable-diffusion-v1-5     fp16   512   7.5*  0    50  49     1
 sd21            stabilityai/stable-diffusion-2-1 (v-pred)       fp16   768   7.5*  0    50  49     1
 pixart-alpha    PixArt-alpha/PixArt-XL-2-1024-MS (DiT)          fp16   1024  4.5*  0    50  49     1
+sd3-medium      stabilityai/stable-diffusion-3-medium-diffusers bf16   1024  7.0+  0    28+ 27     1
+sd3.5-large     stabilityai/stable-diffusion-3.5-large          bf16   1024  3.5+  0    28+ 27     1
+sd3.5-medium    stabilityai/stable-diffusion-3.5-medium         bf16   1024  4.5+  0    40+ 39     1
+flux-dev        black-forest-labs/FLUX.1-dev (guidance-distil.) bf16   1024  3.5+  1.0# 50+ 49     1
+flux-schnell    black-forest-labs/FLUX.1-schnell (embed. mix)   bf16   1024  0+    0    4+  3      1
 =============== =============================================== ====== ===== ===== ==== === ====== =======
 
 ``*``: diffusers' default guidance for the pipeline, **not from the paper**
 (the released code covers SDXL only). g2, T, lambda and rounds outside
 ``sdxl`` are the SDXL reference defaults, likewise not verified per model.
-Every preset uses DDIM (Z-Sampling is defined on it) and the "official" zag
-(the operator behind the published numbers).
+The DDIM presets use the "official" zag (the operator behind the published
+numbers). ``+``: the model card's recommended steps and guidance, **not
+from the paper**; the flow-matching presets (SD3 / SD3.5, Flux) run on
+``FlowMatchEulerDiscreteScheduler`` with the exact "euler" zag (there is no
+released flow-matching Z-Sampling), lambda = T - 1. ``#``: FLUX.1-dev is
+guidance-distilled: g1 / g2 are guidance-embedding values, and g2 = 1.0 is
+our choice (not from a paper). FLUX.1-schnell has no guidance at all: its
+gap is the Z-Sampling authors' prompt-embedding mix (``Legs.embedding_mix()``,
+from their Flux code), which sweeps cannot express yet.
 
 Loading: ``DiffusionPipeline.from_pretrained(hub_id or local_path,
 torch_dtype=...)`` (``local_files_only`` when ``HF_HUB_OFFLINE=1`` or with a
@@ -47,6 +59,7 @@ id and how to point at a local copy (``local_path=`` / ``--model-path``).
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import warnings
@@ -57,6 +70,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from zsampling.legs import Legs
 
 __all__ = [
     "PRESETS",
@@ -126,7 +141,10 @@ class ModelPreset:
         variant: the weight-file variant to download ("fp16"), or None.
         height, width: resolution in pixels.
         prediction_type: what the network predicts ("epsilon" / "v_prediction").
-        scheduler_overrides: keyword overrides of ``DDIMScheduler.from_config``.
+        scheduler_overrides: keyword overrides of the scheduler's ``from_config``.
+        scheduler: "DDIMScheduler" or, for flow-matching models,
+            "FlowMatchEulerDiscreteScheduler".
+        legs: per-leg settings beyond g1 / g2 (FLUX.1-schnell's embedding mix).
         num_inference_steps, guidance_scale, inversion_guidance_scale,
         zigzag_steps, rounds, zag: the Z-Sampling settings (T, g1, g2,
             lambda, T_max, zag operator).
@@ -156,6 +174,8 @@ class ModelPreset:
     zigzag_steps: int = 49
     rounds: int = 1
     zag: str = "official"
+    scheduler: str = "DDIMScheduler"
+    legs: Legs = field(default_factory=Legs)
     components: tuple[ComponentSource, ...] = ()
     vae_fp16_fix: str | None = None
     pipeline_kwargs: Mapping[str, Any] = field(default_factory=dict)
@@ -175,7 +195,7 @@ class ModelPreset:
         ``zigzag=False`` gives standard sampling with the same T and g1
         (``zigzag_steps=0``), the paper's baseline.
         """
-        return {
+        kwargs = {
             "num_inference_steps": self.num_inference_steps,
             "guidance_scale": self.guidance_scale,
             "inversion_guidance_scale": self.inversion_guidance_scale,
@@ -185,9 +205,19 @@ class ModelPreset:
             "height": self.height,
             "width": self.width,
         }
+        if not self.legs.is_default:
+            kwargs["legs"] = self.legs
+        return kwargs
 
     def sweep_grid(self) -> dict[str, list[Any]]:
-        """The sweep grid of the paper's comparison: standard (lambda 0) and Z-Sampling."""
+        """The sweep grid of the paper's comparison: standard (lambda 0) and Z-Sampling.
+
+        Raises:
+            ValueError: the preset needs legs, which are not sweep knobs yet.
+        """
+        if not self.legs.is_default:
+            raise ValueError(f"preset {self.name!r} reflects through per-leg settings ({self.legs}), which sweeps "
+                             "cannot express yet; run it with zsampling.sample(pipe, ..., **preset.sampling_kwargs())")
         return {
             "num_inference_steps": [self.num_inference_steps],
             "guidance_scale": [self.guidance_scale],
@@ -202,7 +232,8 @@ class ModelPreset:
         return {
             "name": self.name, "hub_id": self.hub_id, "pipeline_class": self.pipeline_class, "dtype": self.dtype,
             "variant": self.variant, "height": self.height, "width": self.width,
-            "prediction_type": self.prediction_type, "scheduler": "DDIMScheduler",
+            "prediction_type": self.prediction_type, "scheduler": self.scheduler,
+            "legs": dataclasses.asdict(self.legs),
             "scheduler_overrides": dict(self.scheduler_overrides),
             "num_inference_steps": self.num_inference_steps, "guidance_scale": self.guidance_scale,
             "inversion_guidance_scale": self.inversion_guidance_scale, "zigzag_steps": self.zigzag_steps,
@@ -240,6 +271,31 @@ _SD_FAMILY: dict[str, Any] = {
     "scheduler_overrides": _LEADING, "pipeline_kwargs": _SD_NO_SAFETY,
 }
 """What the Stable Diffusion 1.x / 2.x presets share (checkpoint format, DDIM schedule, no safety checker)."""
+_FLOW_COMMON: dict[str, Any] = {
+    "dtype": "bfloat16", "variant": None, "height": 1024, "width": 1024, "prediction_type": "flow",
+    "scheduler": "FlowMatchEulerDiscreteScheduler", "scheduler_overrides": {}, "zag": "euler",
+}
+_SD3_FAMILY: dict[str, Any] = {**_FLOW_COMMON, "pipeline_class": "StableDiffusion3Pipeline"}
+_FLUX_FAMILY: dict[str, Any] = {**_FLOW_COMMON, "pipeline_class": "FluxPipeline"}
+_FLOW_NOTES = ("Flow matching: there is no released flow-matching Z-Sampling, so T and g1 are the model card's and "
+               "the exact 'euler' zag with lambda = T - 1 is our choice, not from the paper.")
+
+
+def _flow_sources(card: str, **extra: str) -> dict[str, str]:
+    """Provenance of a flow-matching preset's values (model card vs our choice)."""
+    values = {
+        "guidance_scale": f"the model card's recommendation ({card}), not from the paper",
+        "num_inference_steps": f"the model card's recommendation ({card}), not from the paper",
+        "inversion_guidance_scale": "Z-Sampling's null-guidance zag (g2 = 0), not from the paper for this model",
+        "zigzag_steps": "the full window lambda = T - 1, not from the paper for this model",
+        "rounds": _SDXL_REFERENCE,
+        "zag": "the exact reverse Euler move ('euler'): no released operator exists for flow matching",
+        "resolution": _NATIVE,
+        "scheduler": "FlowMatchEulerDiscreteScheduler from the checkpoint's config (its shift / dynamic shift)",
+        "dtype": "bfloat16, as the model card loads it",
+    }
+    values.update(extra)
+    return values
 
 PRESETS: dict[str, ModelPreset] = {
     preset.name: preset
@@ -337,6 +393,45 @@ PRESETS: dict[str, ModelPreset] = {
                   "Its checkpoint ships a DPM-Solver scheduler, replaced by DDIM from the same config; the timestep "
                   "spacing is the config's, not the paper's (unknown). Guidance is diffusers' default, not from "
                   "the paper.",
+        ),
+        ModelPreset(
+            name="sd3-medium", hub_id="stabilityai/stable-diffusion-3-medium-diffusers", **_SD3_FAMILY,
+            num_inference_steps=28, guidance_scale=7.0, zigzag_steps=27, aliases=("sd3", "stable-diffusion-3"),
+            sources=_flow_sources("28 steps, guidance 7.0"),
+            notes=_FLOW_NOTES,
+        ),
+        ModelPreset(
+            name="sd3.5-large", hub_id="stabilityai/stable-diffusion-3.5-large", **_SD3_FAMILY,
+            num_inference_steps=28, guidance_scale=3.5, zigzag_steps=27, aliases=("sd35-large", "sd3.5"),
+            sources=_flow_sources("28 steps, guidance 3.5"),
+            notes=_FLOW_NOTES,
+        ),
+        ModelPreset(
+            name="sd3.5-medium", hub_id="stabilityai/stable-diffusion-3.5-medium", **_SD3_FAMILY,
+            num_inference_steps=40, guidance_scale=4.5, zigzag_steps=39, aliases=("sd35-medium",),
+            sources=_flow_sources("40 steps, guidance 4.5"),
+            notes=_FLOW_NOTES,
+        ),
+        ModelPreset(
+            name="flux-dev", hub_id="black-forest-labs/FLUX.1-dev", **_FLUX_FAMILY,
+            num_inference_steps=50, guidance_scale=3.5, inversion_guidance_scale=1.0, zigzag_steps=49,
+            aliases=("flux.1-dev", "flux"),
+            sources=_flow_sources("50 steps, guidance-embedding value 3.5",
+                                  inversion_guidance_scale="our choice: the zag's guidance-embedding value 1.0 "
+                                                           "(not from a paper)"),
+            notes="FLUX.1-dev is guidance-distilled: one network row per call, and g1 / g2 are guidance-embedding "
+                  "values (the gap kind 'embedding value'). The Z-Sampling authors' own Flux code uses the "
+                  "prompt-embedding mix instead (legs=Legs.embedding_mix(), g2 = g1). " + _FLOW_NOTES,
+        ),
+        ModelPreset(
+            name="flux-schnell", hub_id="black-forest-labs/FLUX.1-schnell", **_FLUX_FAMILY,
+            num_inference_steps=4, guidance_scale=0.0, zigzag_steps=3, legs=Legs.embedding_mix(),
+            aliases=("flux.1-schnell",),
+            sources=_flow_sources("4 steps, guidance 0 (no guidance: timestep-distilled)",
+                                  legs="the Z-Sampling authors' Flux code (RF-Sampling): zig mix (3.5, 0.3), zag "
+                                       "mix (0, 0.7), used here on schnell by our choice"),
+            notes="FLUX.1-schnell has neither CFG nor a guidance embedding: the zig / zag gap is the prompt-embedding "
+                  "mix. " + _FLOW_NOTES,
         ),
     )
 }
@@ -535,8 +630,9 @@ def load_preset_pipeline(
             loads the full-precision files; a string forces that variant.
 
     Returns:
-        The diffusers pipeline with a ``DDIMScheduler`` built from its own
-        config with the preset's ``scheduler_overrides``.
+        The diffusers pipeline with a ``DDIMScheduler`` (flow-matching presets:
+        ``FlowMatchEulerDiscreteScheduler``) built from its own config with the
+        preset's ``scheduler_overrides``.
 
     Raises:
         ValueError: an unknown preset, bad dtype/device option, or a local
@@ -545,7 +641,7 @@ def load_preset_pipeline(
         WeightsNotFoundError: weights missing (offline and not cached, a bad
             local path, or a download failure); names the hub id.
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline
+    from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 
     preset = get_preset(name)
     target = _resolve_device(device)
@@ -617,8 +713,12 @@ def load_preset_pipeline(
             cls.__name__ == preset.pipeline_class for cls in type(pipe).__mro__):
         raise ValueError(f"preset {preset.name!r} expects a {preset.pipeline_class}, but {source!r} loads a "
                          f"{type(pipe).__name__}; pick the preset that matches the checkpoint")
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **dict(preset.scheduler_overrides))
-    if pipe.scheduler.config.prediction_type != preset.prediction_type:
+    if preset.scheduler == "FlowMatchEulerDiscreteScheduler":
+        pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config,
+                                                                     **dict(preset.scheduler_overrides))
+    else:
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **dict(preset.scheduler_overrides))
+    if preset.scheduler == "DDIMScheduler" and pipe.scheduler.config.prediction_type != preset.prediction_type:
         warnings.warn(f"preset {preset.name!r} expects prediction_type={preset.prediction_type!r}, the checkpoint's "
                       f"scheduler says {pipe.scheduler.config.prediction_type!r} (kept)", stacklevel=2)
     autoencoder = getattr(pipe, "vae", None)
