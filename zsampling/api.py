@@ -9,7 +9,9 @@ and sweeps compose the three parts themselves.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -18,6 +20,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from zsampling.config import ZagEvalTimestep, ZagOperator, ZigzagConfig
 from zsampling.denoisers.base import SamplingTarget
+from zsampling.denoisers.legs import LegRouter, LoraScales, denoising_network
 from zsampling.legs import Legs
 from zsampling.sampler import Recorder, zigzag_sample
 from zsampling.schedule import DDIMSchedule, FlowSchedule, build_schedule, check_run
@@ -68,6 +71,7 @@ def sample(
     zag_eval_timestep: ZagEvalTimestep = "next",
     legs: Legs | None = None,
     measure_gap: bool = False,
+    models: Mapping[str, Any] | None = None,
     height: int | None = None,
     width: int | None = None,
     output_type: str = "pil",
@@ -87,6 +91,10 @@ def sample(
     the guidance-embedding value (as in ``FluxPipeline``); with a negative
     prompt it is the true-CFG scale.
 
+    ``legs`` generalises the zig / zag / step settings (:mod:`zsampling.legs`:
+    guidance, embedding mix, LoRA scale, another prompt, another pipeline
+    named in ``models``); the default is plain Z-Sampling.
+
     Family defaults: ``zag=None`` is "official" on DDIM and "euler" on flow
     matching; ``guidance_scale=None`` is the pipeline's own default (5.5,
     the released SDXL setting, for models that have none). Both are recorded
@@ -101,11 +109,12 @@ def sample(
         inversion_guidance_scale=inversion_guidance_scale, zigzag_steps=zigzag_steps, rounds=rounds, zag=zag,
         zag_eval_timestep=zag_eval_timestep, legs=legs, measure_gap=measure_gap,
     )
-    resolve_config(pipe, **settings)  # refuse bad settings before encoding anything
+    check_leg_models(resolve_config(pipe, **settings), models)  # refuse bad settings before encoding anything
     prompts, negative_prompts = prompt_lists(prompt, negative_prompt)
     target = prepare(pipe, prompts, negative_prompts, height, width)
     check_output_type(target, output_type, type(pipe).__name__)
     config = resolve_config(target, **settings)
+    target = route_legs(target, config, pipe, models, prompts, negative_prompts, height, width)
     return sample_target(target, config, latents=latents, generator=generator, output_type=output_type,
                          recorder=recorder, branches=branches, progress=progress)
 
@@ -187,12 +196,68 @@ def sample_target(
     schedule = target_schedule(target, config.num_inference_steps)
     x = initial_latents(target, latents, generator)
     rows_before = target.denoiser.network_rows
-    final = zigzag_sample(target.denoiser, x, schedule, config, recorder=recorder, branches=branches,
-                          progress=progress)
+    try:
+        final = zigzag_sample(target.denoiser, x, schedule, config, recorder=recorder, branches=branches,
+                              progress=progress)
+    finally:
+        close = getattr(target.denoiser, "close", None)
+        if callable(close):
+            close()  # e.g. give LoRA adapters their own scales back
     rows = target.denoiser.network_rows - rows_before
     images = target.decode(final, output_type)
     return SampleOutput(images=images, latents=final, nfe=rows // target.batch_size, network_rows=rows,
                         config=config)
+
+
+def check_leg_models(config: ZigzagConfig, models: Mapping[str, Any] | None) -> None:
+    """Refuse legs that name a pipeline ``models`` does not hold (before any encoding)."""
+    missing = sorted(config.legs.models - set(models or {}))
+    if missing:
+        raise ValueError(f"legs name pipelines {missing} that are not in models= (given: {sorted(models or {})}); "
+                         "pass zsampling.sample(..., models={name: pipe})")
+
+
+def route_legs(
+    target: SamplingTarget,
+    config: ZigzagConfig,
+    pipe: Any,
+    models: Mapping[str, Any] | None,
+    prompts: list[str],
+    negative_prompts: list[str] | None,
+    height: int | None = None,
+    width: int | None = None,
+) -> SamplingTarget:
+    """The target with a :class:`~zsampling.denoisers.legs.LegRouter` when the
+    legs use another pipeline, another prompt or LoRA scales (else unchanged).
+
+    Each (pipeline, prompt) pair the legs use is prepared once here, by that
+    pipeline's own encoders; every pipeline must share the base's latent
+    shape and model family.
+    """
+    legs = config.legs
+    if not (legs.models or legs.prompts or legs.uses_lora):
+        return target
+    check_leg_models(config, models)
+    pipes: dict[str | None, Any] = {None: pipe, **dict(models or {})}
+    family = schedule_family(target.scheduler)
+    targets = {(None, None): target}
+    for leg in (legs.zig, legs.zag, legs.step):
+        route = (leg.model, leg.prompt)
+        if route in targets:
+            continue
+        leg_prompts = prompts if leg.prompt is None else [leg.prompt] * len(prompts)
+        routed = prepare(pipes[leg.model], leg_prompts, negative_prompts, height, width)
+        if tuple(routed.latent_shape) != tuple(target.latent_shape):
+            raise ValueError(f"pipeline {leg.model!r} has latents of shape {tuple(routed.latent_shape)}, the base "
+                             f"pipeline {tuple(target.latent_shape)}: the legs must share one latent space")
+        if schedule_family(routed.scheduler) != family:
+            raise ValueError(f"pipeline {leg.model!r} is a {schedule_family(routed.scheduler)} model and the base "
+                             f"a {family} model: the legs must share one family")
+        targets[route] = routed
+    lora_models = {getattr(legs, name).model for name in ("zig", "zag", "step") if getattr(legs, name).lora_scale
+                   is not None}
+    lora = {model: LoraScales(denoising_network(pipes[model])) for model in lora_models}
+    return dataclasses.replace(target, denoiser=LegRouter(targets, lora))
 
 
 def check_output_type(target: SamplingTarget, output_type: str, owner: str) -> None:

@@ -3,9 +3,15 @@
 A run has three legs (DESIGN.md, "Reflection legs"): ``zig`` (the denoising
 half of a reflection), ``zag`` (the inversion) and ``step`` (the ordinary
 move after a step's reflections and at every step outside the window). A leg
-fixes the guidance and the conditioning its network call uses. Z-Sampling is
-zig = step = (g1, prompt), zag = (g2, prompt): the gap between the zig's and
-the zag's outputs is what a reflection injects.
+is (model variant, guidance, conditioning): the base denoiser, a LoRA scale
+on it (negative allowed) or a second pipeline in the same latent space; a
+guidance value; the prompt, another prompt or an embedding mix. Z-Sampling
+is zig = step = (base, g1, prompt), zag = (base, g2, prompt): the gap
+between the zig's and the zag's outputs is what a reflection injects.
+Weak-to-strong reflection (W2SD, the same authors' generalisation) uses a
+weight gap: its released SDXL setting is zig (LoRA +1.5, g1), zag (LoRA
+-1.5, conditional branch only: g2 = 1), step (LoRA 0.8, g1)
+(:meth:`Legs.w2sd`).
 
 Guidance means the CFG scale on two-branch models and the guidance-embedding
 value on guidance-distilled ones (Flux.1-dev). The conditioning can also be
@@ -44,16 +50,30 @@ class Leg:
             prompt); None keeps the pipeline's value.
         mix: (s, r) of the prompt-embedding mix ``c + s ((1 - r) c + r c_empty)``,
             or None for the prompt's own embeddings.
+        lora_scale: the scale of the pipeline's LoRA adapter(s) on this leg
+            (negative allowed); None keeps the adapters as loaded.
+        model: the name of another pipeline (passed to ``zsampling.sample``
+            as ``models={name: pipe}``) whose denoiser runs this leg; it must
+            share the latent space; None is the base pipeline.
+        prompt: another prompt for this leg (every sample), encoded by the
+            leg's pipeline; None is each sample's own prompt.
     """
 
     guidance: float | None = None
     guidance_embed: float | None = None
     mix: tuple[float, float] | None = None
+    lora_scale: float | None = None
+    model: str | None = None
+    prompt: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("guidance", "guidance_embed"):
+        for name in ("guidance", "guidance_embed", "lora_scale"):
             if getattr(self, name) is not None:
                 _check_finite(name, getattr(self, name))
+        for name in ("model", "prompt"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{name} must be a string or None, got {value!r}")
         if self.mix is not None:
             if isinstance(self.mix, (str, bytes)) or len(tuple(self.mix)) != 2:
                 raise ValueError(f"mix must be a pair (s, r) of finite numbers, got {self.mix!r}")
@@ -87,29 +107,63 @@ class Legs:
         """
         return cls(zig=Leg(mix=zig), zag=Leg(mix=zag), step=Leg(mix=zig))
 
+    @classmethod
+    def w2sd(cls, zig: float = 1.5, zag: float = -1.5, step: float = 0.8) -> Legs:
+        """W2SD's released SDXL weight gap: LoRA scales per leg, the zag on the
+        conditional branch only (pass ``inversion_guidance_scale=1``)."""
+        return cls(zig=Leg(lora_scale=zig), zag=Leg(lora_scale=zag), step=Leg(lora_scale=step))
+
     @property
     def is_default(self) -> bool:
         return self == Legs()
 
+    @property
+    def models(self) -> frozenset[str]:
+        """The other pipelines the legs name."""
+        return frozenset(getattr(self, name).model for name in LEG_NAMES) - {None}
+
+    @property
+    def prompts(self) -> frozenset[str]:
+        """The other prompts the legs name."""
+        return frozenset(getattr(self, name).prompt for name in LEG_NAMES) - {None}
+
+    @property
+    def uses_lora(self) -> bool:
+        return any(getattr(self, name).lora_scale is not None for name in LEG_NAMES)
+
 
 @dataclass(frozen=True)
 class Condition:
-    """What a leg changes in the network's conditioning, beyond the CFG branches.
+    """What a leg changes in the network call, beyond the CFG branches.
 
     ``guidance_embed``: the guidance-embedding value (guidance-distilled
-    models); ``mix``: the prompt-embedding mix (s, r). The default (both
-    None) is the prompt as encoded.
+    models); ``mix``: the prompt-embedding mix (s, r); ``lora_scale``,
+    ``model`` and ``prompt`` as in :class:`Leg`. The default (all None) is
+    the base model on the prompt as encoded.
     """
 
     guidance_embed: float | None = None
     mix: tuple[float, float] | None = None
+    lora_scale: float | None = None
+    model: str | None = None
+    prompt: str | None = None
 
     @property
     def is_default(self) -> bool:
-        return self.guidance_embed is None and self.mix is None
+        return self == DEFAULT_CONDITION
+
+    @property
+    def routing(self) -> tuple[str | None, str | None]:
+        """(model, prompt): which prepared target runs the call."""
+        return self.model, self.prompt
+
+    def local(self) -> Condition:
+        """What the routed target's own denoiser sees (embedding value and mix)."""
+        return Condition(guidance_embed=self.guidance_embed, mix=self.mix)
 
 
 DEFAULT_CONDITION = Condition()
+"""The base model on the prompt as encoded."""
 
 
 def _check_finite(name: str, value: float) -> None:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from zsampling.config import ZigzagConfig
 from zsampling.denoisers.base import BOTH, COND, Branches, Denoiser, EpsPair
-from zsampling.legs import LEG_NAMES, Condition
+from zsampling.legs import DEFAULT_CONDITION, LEG_NAMES, Condition, Leg
 from zsampling.schedule import Move, Schedule
 
 Op = Literal["zig", "zag", "step"]
@@ -58,7 +58,7 @@ class Event:
     x_out: torch.Tensor
     eps: EpsPair
     output: torch.Tensor | None = None
-    condition: Condition = Condition()
+    condition: Condition = DEFAULT_CONDITION
     gap_output: torch.Tensor | None = None
 
 
@@ -110,23 +110,14 @@ class LegPlan:
         for name in LEG_NAMES:
             leg = getattr(config.legs, name)
             guidance = config.leg_guidance(name)
-            if leg.guidance_embed is not None and not getattr(denoiser, "has_guidance_embeds", False):
-                raise ValueError(
-                    f"legs.{name}.guidance_embed={leg.guidance_embed} needs a model with a guidance embedding "
-                    "(e.g. FLUX.1-dev); this one has none"
-                )
-            if leg.mix is not None and not getattr(denoiser, "supports_mix", False):
-                raise ValueError(
-                    f"legs.{name}.mix needs an adapter that encodes the empty prompt for the embedding mix "
-                    "(SD3, Flux); this model does not support it"
-                )
+            _check_leg(name, leg, denoiser)
             if mode == "cfg":
                 wanted = BOTH if branches == "both" else Branches.for_guidance(guidance)
-                calls[name] = LegCall(guidance, wanted, guidance, Condition(leg.guidance_embed, leg.mix))
+                calls[name] = LegCall(guidance, wanted, guidance, _condition(leg, leg.guidance_embed))
             else:
                 embed = (leg.guidance_embed if leg.guidance_embed is not None else guidance) \
                     if mode == "embedded" else None
-                calls[name] = LegCall(guidance, COND, 1.0, Condition(embed, leg.mix))
+                calls[name] = LegCall(guidance, COND, 1.0, _condition(leg, embed))
         same_condition = calls["zig"].condition == calls["zag"].condition
         if mode != "cfg" and config.window and same_condition:
             raise ValueError(
@@ -140,6 +131,38 @@ class LegPlan:
     def probes(self, config: ZigzagConfig, recording: bool) -> bool:
         """Whether each reflection pays one extra call for o_zag(x_i, t_i)."""
         return recording and config.measure_gap and not self.gap_is_free
+
+
+def _condition(leg: Leg, guidance_embed: float | None) -> Condition:
+    return Condition(guidance_embed=guidance_embed, mix=leg.mix, lora_scale=leg.lora_scale, model=leg.model,
+                     prompt=leg.prompt)
+
+
+def _check_leg(name: str, leg: Leg, denoiser: object) -> None:
+    """Refuse a leg setting the denoiser cannot run, naming the fix."""
+    if leg.guidance_embed is not None and not getattr(denoiser, "has_guidance_embeds", False):
+        raise ValueError(
+            f"legs.{name}.guidance_embed={leg.guidance_embed} needs a model with a guidance embedding "
+            "(e.g. FLUX.1-dev); this one has none"
+        )
+    if leg.mix is not None and not getattr(denoiser, "supports_mix", False):
+        raise ValueError(
+            f"legs.{name}.mix needs an adapter that encodes the empty prompt for the embedding mix "
+            "(SD3, Flux); this model does not support it"
+        )
+    if leg.lora_scale is not None and not getattr(denoiser, "supports_lora", False):
+        raise ValueError(
+            f"legs.{name}.lora_scale={leg.lora_scale} needs a pipeline with a LoRA adapter loaded "
+            "(pipe.load_lora_weights(...)); this one has none"
+        )
+    models = getattr(denoiser, "models", frozenset())
+    if leg.model is not None and leg.model not in models:
+        raise ValueError(
+            f"legs.{name}.model={leg.model!r} names no pipeline: pass it as zsampling.sample(..., "
+            f"models={{{leg.model!r}: pipe}}) (given: {sorted(models) or 'none'})"
+        )
+    if leg.prompt is not None and not getattr(denoiser, "supports_prompts", False):
+        raise ValueError(f"legs.{name}.prompt needs the leg router of zsampling.sample; this denoiser has none")
 
 
 def guidance_mode(denoiser: object) -> GuidanceMode:
@@ -176,6 +199,17 @@ class _Capabilities:
     guidance_mode: GuidanceMode
     has_guidance_embeds: bool = True
     supports_mix: bool = True
+    supports_lora: bool = True
+    supports_prompts: bool = True
+
+    @property
+    def models(self) -> _Everything:
+        return _Everything()
+
+
+class _Everything:
+    def __contains__(self, item: object) -> bool:
+        return True
 
 
 def zigzag_sample(

@@ -17,9 +17,11 @@ import torch
 from zsampling.api import (
     SETTING_NAMES,
     SampleOutput,
+    check_leg_models,
     prepare,
     prompt_lists,
     resolve_config,
+    route_legs,
     sample_target,
     target_schedule,
 )
@@ -79,13 +81,15 @@ def sample_with_trace(
     extra_recorder = sample_kwargs.pop("recorder", None)
     settings = {name: sample_kwargs.pop(name) for name in SETTING_NAMES if name in sample_kwargs}
     negative, height, width = (sample_kwargs.pop(name, None) for name in _PREPARE_ARGS)
-    resolve_config(pipe, **settings)  # refuse bad settings before encoding anything
+    models = sample_kwargs.pop("models", None)
+    check_leg_models(resolve_config(pipe, **settings), models)  # refuse bad settings before encoding anything
     prompts, negative_prompts = prompt_lists(prompt, negative)
     generator, seed_meta = _generators(seed, sample_kwargs)
     if generator is not None:
         sample_kwargs["generator"] = generator
     target = prepare(pipe, prompts, negative_prompts, height, width)
     config = resolve_config(target, **settings)
+    target = route_legs(target, config, pipe, models, prompts, negative_prompts, height, width)
     if downsample not in (None, 1) and len(target.latent_shape) != 3:
         raise ValueError(f"downsample needs (C, H, W) latents; this model's are {target.latent_shape}")
     decode = None
