@@ -141,3 +141,70 @@ def test_zag_needs_a_next_timestep():
     schedule = DDIMSchedule.from_scheduler(sd_like_scheduler(), 10)
     with pytest.raises(ValueError, match="step must be in 0..8"):
         schedule.zag(9, ZigzagConfig(num_inference_steps=10))
+
+
+# ----------------------------------------------------------------------------------- custom timestep lists
+AYS_SD15 = [999, 850, 736, 645, 545, 455, 343, 233, 124, 24]  # Align-Your-Steps, SD 1.5, 10 steps
+
+
+def test_custom_timesteps_with_the_ddim_zag_equal_a_literal_loop():
+    """A non-uniform list (Align-Your-Steps): the loop follows it exactly, the last step goes to the final alpha."""
+    import math
+
+    import zsampling
+    from zsampling.denoisers.analytic import GaussianMixtureModel
+
+    model = GaussianMixtureModel.default(d=3, num_components=2)
+    prompts = ["0", "1"]
+    latents = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
+    g1, g2, window = 3.0, 0.5, 7
+    out = zsampling.sample(model, prompts, timesteps=AYS_SD15, guidance_scale=g1, inversion_guidance_scale=g2,
+                           zigzag_steps=window, zag="ddim", latents=latents, output_type="pt", progress=False)
+    assert out.config.num_inference_steps == 10 and out.config.timesteps == tuple(AYS_SD15)
+    target = zsampling.prepare(model, prompts)
+    ab = target.scheduler.alphas_cumprod.double()
+    final = float(target.scheduler.final_alpha_cumprod)
+
+    def eps(x, t, g):
+        pair = target.denoiser(x, t, zsampling.Branches(True, True))
+        return pair.uncond + g * (pair.cond - pair.uncond)
+
+    def move(x, e, a, b):  # DDIM by hand
+        return math.sqrt(b) * (x - math.sqrt(1 - a) * e) / math.sqrt(a) + math.sqrt(1 - b) * e
+
+    x = latents.clone()
+    for i, t in enumerate(AYS_SD15):
+        a_i = ab[t].item()
+        a_next = ab[AYS_SD15[i + 1]].item() if i + 1 < len(AYS_SD15) else final
+        if i < window:
+            y = move(x, eps(x, t, g1), a_i, a_next)
+            x = move(y, eps(y, AYS_SD15[i + 1], g2), a_next, a_i)
+        x = move(x, eps(x, t, g1), a_i, a_next)
+    torch.testing.assert_close(out.latents, x, rtol=0, atol=1e-5)
+    # and the list mattered: the scheduler's own 10-step spacing gives another result
+    spaced = zsampling.sample(model, prompts, num_inference_steps=10, guidance_scale=g1, inversion_guidance_scale=g2,
+                              zigzag_steps=window, zag="ddim", latents=latents, output_type="pt", progress=False)
+    assert (spaced.latents - out.latents).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"timesteps": AYS_SD15, "zag": "official"}, 'use zag="ddim"'),
+    ({"timesteps": [10, 20]}, "strictly decreasing"),
+    ({"timesteps": [1000, 10]}, "timesteps must be < num_train_timesteps=1000"),
+    ({"timesteps": AYS_SD15, "num_inference_steps": 12}, "must equal the number of custom timesteps"),
+])
+def test_bad_custom_timesteps_are_refused_before_any_network_call(kwargs, message):
+    import zsampling
+    from zsampling.denoisers.analytic import GaussianMixtureModel
+
+    with pytest.raises(ValueError, match=message):
+        zsampling.sample(GaussianMixtureModel.default(d=3, num_components=2), ["0"], zag=kwargs.pop("zag", "ddim"),
+                         output_type="pt", progress=False, **kwargs)
+
+
+def test_custom_timesteps_are_refused_on_flow_matching():
+    import zsampling
+    from zsampling.tiny_pipelines import tiny_sd3_pipeline
+
+    with pytest.raises(ValueError, match="DDIM family only"):
+        zsampling.sample(tiny_sd3_pipeline(), "a cat", timesteps=[900, 500, 100], progress=False)

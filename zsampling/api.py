@@ -32,6 +32,9 @@ DEFAULT_ZAG: dict[str, str] = {"ddim": "official", "flow": "euler"}
 code's operator for DDIM, the exact reverse Euler move for flow matching
 (there is no released flow-matching Z-Sampling to reproduce)."""
 
+DEFAULT_STEPS = 50
+"""T when neither the call nor a custom timestep list gives one: the released SDXL setting."""
+
 DEFAULT_GUIDANCE = 5.5
 """g1 when neither the call nor the pipeline gives one: the released SDXL setting."""
 
@@ -62,7 +65,7 @@ def sample(
     negative_prompt: str | list[str] | None = None,
     latents: torch.Tensor | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
-    num_inference_steps: int = 50,
+    num_inference_steps: int | None = None,
     guidance_scale: float | None = None,
     inversion_guidance_scale: float = 0.0,
     zigzag_steps: int | list[int] | None = None,
@@ -71,6 +74,7 @@ def sample(
     zag_eval_timestep: ZagEvalTimestep = "next",
     legs: Legs | None = None,
     measure_gap: bool = False,
+    timesteps: list[int] | None = None,
     models: Mapping[str, Any] | None = None,
     height: int | None = None,
     width: int | None = None,
@@ -95,8 +99,9 @@ def sample(
     guidance, embedding mix, LoRA scale, another prompt, another pipeline
     named in ``models``); the default is plain Z-Sampling.
 
-    Family defaults: ``zag=None`` is "official" on DDIM and "euler" on flow
-    matching; ``guidance_scale=None`` is the pipeline's own default (5.5,
+    Defaults: ``num_inference_steps=None`` is 50, or the length of custom
+    ``timesteps`` (DDIM only, e.g. an Align-Your-Steps list); ``zag=None`` is
+    "official" on DDIM and "euler" on flow matching; ``guidance_scale=None`` is the pipeline's own default (5.5,
     the released SDXL setting, for models that have none). Both are recorded
     in ``SampleOutput.config``. See :class:`ZigzagConfig` for the other
     settings; ``branches="both"`` disables the branch-aware saving (for
@@ -107,7 +112,7 @@ def sample(
     settings = dict(
         num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
         inversion_guidance_scale=inversion_guidance_scale, zigzag_steps=zigzag_steps, rounds=rounds, zag=zag,
-        zag_eval_timestep=zag_eval_timestep, legs=legs, measure_gap=measure_gap,
+        zag_eval_timestep=zag_eval_timestep, legs=legs, measure_gap=measure_gap, timesteps=timesteps,
     )
     check_leg_models(resolve_config(pipe, **settings), models)  # refuse bad settings before encoding anything
     prompts, negative_prompts = prompt_lists(prompt, negative_prompt)
@@ -143,13 +148,15 @@ def prompt_lists(prompt: str | list[str], negative_prompt: str | list[str] | Non
 def resolve_config(
     pipe_or_target: Any,
     *,
+    num_inference_steps: int | None = None,
+    timesteps: list[int] | None = None,
     guidance_scale: float | None = None,
     zag: ZagOperator | None = None,
     legs: Legs | None = None,
     **settings: Any,
 ) -> ZigzagConfig:
     """The validated :class:`ZigzagConfig` of a run on ``pipe_or_target``,
-    with the family defaults filled in (zag operator, guidance scale), and
+    with the defaults filled in (T, zag operator, guidance scale), and
     the schedule's refusals (wrong scheduler, an operator of the other
     family) raised before any model call."""
     scheduler = getattr(pipe_or_target, "scheduler", None)
@@ -158,7 +165,10 @@ def resolve_config(
         guidance_scale = getattr(pipe_or_target, "default_guidance", None)
         if guidance_scale is None:
             guidance_scale = _pipeline_default_guidance(pipe_or_target)
+    if num_inference_steps is None:
+        num_inference_steps = DEFAULT_STEPS if timesteps is None else len(timesteps)
     config = ZigzagConfig(
+        num_inference_steps=num_inference_steps, timesteps=None if timesteps is None else tuple(timesteps),
         guidance_scale=guidance_scale, zag=zag if zag is not None else DEFAULT_ZAG[family],
         legs=legs if legs is not None else Legs(), **settings,
     )
@@ -172,12 +182,15 @@ def schedule_family(scheduler: object) -> str:
     return "flow" if "FlowMatch" in type(scheduler).__name__ else "ddim"
 
 
-def target_schedule(target: Any, num_inference_steps: int) -> DDIMSchedule | FlowSchedule:
-    """The schedule of a target (or pipeline) for T steps, with the pipeline's
-    own ``set_timesteps`` arguments where it has any (Flux's sigmas and mu)."""
+def target_schedule(target: Any, config: ZigzagConfig | int) -> DDIMSchedule | FlowSchedule:
+    """The schedule of a target (or pipeline) for a config (or a step count),
+    with the pipeline's own ``set_timesteps`` arguments where it has any
+    (Flux's sigmas and mu) and the config's custom timesteps."""
+    steps = config if isinstance(config, int) else config.num_inference_steps
+    timesteps = None if isinstance(config, int) else config.timesteps
     options = getattr(target, "set_timesteps_kwargs", None)
-    kwargs = options(num_inference_steps) if callable(options) else {}
-    return build_schedule(target.scheduler, num_inference_steps, **kwargs)
+    kwargs = options(steps) if callable(options) else {}
+    return build_schedule(target.scheduler, steps, timesteps, **kwargs)
 
 
 def sample_target(
@@ -193,7 +206,7 @@ def sample_target(
 ) -> SampleOutput:
     """Run ``config`` on a prepared target: initial latents, the loop, decoding."""
     check_output_type(target, output_type, type(target).__name__)
-    schedule = target_schedule(target, config.num_inference_steps)
+    schedule = target_schedule(target, config)
     x = initial_latents(target, latents, generator)
     rows_before = target.denoiser.network_rows
     try:

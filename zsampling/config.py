@@ -52,6 +52,12 @@ class ZigzagConfig:
             "current" = t_i (as the released code evaluates).
         legs: per-leg overrides (zig / zag / step guidance and conditioning,
             see :mod:`zsampling.legs`); the default is plain Z-Sampling.
+        timesteps: a custom decreasing list of training timesteps t_0 > ... >
+            t_{T-1} (e.g. an Align-Your-Steps schedule) instead of the
+            scheduler's spacing; ``num_inference_steps`` must equal its
+            length. DDIM family only,
+            with the exact "ddim" zag (the "official" operator's stride is
+            undefined on a custom list).
         measure_gap: record the gap term c_i (o_zig - o_zag)(x_i, t_i) when
             the legs differ in more than the CFG scale (then it is not free:
             one extra network row per sample and reflection, counted, and
@@ -67,9 +73,15 @@ class ZigzagConfig:
     zag_eval_timestep: ZagEvalTimestep = "next"
     legs: Legs = field(default_factory=Legs)
     measure_gap: bool = False
+    timesteps: tuple[int, ...] | None = None
     window: frozenset[int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.timesteps is not None:
+            object.__setattr__(self, "timesteps", _check_timesteps(self.timesteps))
+            if self.num_inference_steps != len(self.timesteps):
+                raise ValueError(f"num_inference_steps={self.num_inference_steps} must equal the number of custom "
+                                 f"timesteps ({len(self.timesteps)})")
         steps = self.num_inference_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"num_inference_steps must be an integer >= 1, got {steps!r}")
@@ -108,6 +120,18 @@ class ZigzagConfig:
     def is_standard(self) -> bool:
         """True when no step reflects: plain DDIM with CFG."""
         return not self.window
+
+
+def _check_timesteps(values: Iterable[int]) -> tuple[int, ...]:
+    """A custom timestep list: integers, strictly decreasing, >= 0."""
+    if isinstance(values, (str, bytes)):
+        raise ValueError(f"timesteps must be a list of integers, got {values!r}")
+    steps = list(values)
+    if not steps or any(isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 0 for t in steps):
+        raise ValueError(f"timesteps must be a non-empty list of integers >= 0, got {steps!r}")
+    if any(a <= b for a, b in zip(steps, steps[1:], strict=False)):
+        raise ValueError(f"timesteps must be strictly decreasing (t_0 > t_1 > ...), got {steps!r}")
+    return tuple(int(t) for t in steps)
 
 
 def _check_finite(name: str, value: float) -> None:

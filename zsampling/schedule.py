@@ -284,7 +284,8 @@ class DDIMSchedule(_ScheduleChecks):
         final_alpha_cumprod: alpha_bar after the last step.
         initial_alpha_cumprod: what ``DDIMInverseScheduler`` uses below
             timestep 0 (1.0 if set_alpha_to_one else ab[0]).
-        stride: k = num_train_timesteps // T (used only by the official zag).
+        stride: k = num_train_timesteps // T (used only by the official zag);
+            None on a custom timestep list, where it is undefined.
         prediction_type: the network's parameterisation (converted to eps by
             the denoiser adapters).
     """
@@ -297,16 +298,20 @@ class DDIMSchedule(_ScheduleChecks):
     alphas_cumprod: torch.Tensor
     final_alpha_cumprod: float
     initial_alpha_cumprod: float
-    stride: int
+    stride: int | None
     prediction_type: str
 
     @classmethod
-    def from_scheduler(cls, scheduler: object, num_inference_steps: int) -> DDIMSchedule:
+    def from_scheduler(cls, scheduler: object, num_inference_steps: int,
+                       timesteps: tuple[int, ...] | None = None) -> DDIMSchedule:
         """Read the schedule from ``scheduler`` (a ``DDIMScheduler``) for T steps.
 
         The scheduler is not modified: its config is copied and
         ``set_timesteps`` runs on the copy. Multistep and stochastic schedulers
         keep state that extra zig/zag calls would corrupt, so they are refused.
+        ``timesteps`` replaces the scheduler's spacing with a custom list
+        (``DDIMScheduler.set_timesteps`` takes none): the alphas and the final
+        alpha still come from the scheduler.
         """
         from diffusers import DDIMScheduler
 
@@ -332,16 +337,27 @@ class DDIMSchedule(_ScheduleChecks):
                 f"got {num_inference_steps}"
             )
         copy = DDIMScheduler.from_config(config)
-        copy.set_timesteps(num_inference_steps)
+        if timesteps is not None and max(timesteps) >= config.num_train_timesteps:
+            raise ValueError(f"timesteps must be < num_train_timesteps={config.num_train_timesteps}, "
+                             f"got {max(timesteps)}")
+        if timesteps is None:
+            copy.set_timesteps(num_inference_steps)
         alphas_cumprod = copy.alphas_cumprod.to(torch.float64)
         return cls(
-            timesteps=tuple(int(t) for t in copy.timesteps),
+            timesteps=tuple(int(t) for t in copy.timesteps) if timesteps is None else tuple(timesteps),
             alphas_cumprod=alphas_cumprod,
             final_alpha_cumprod=float(copy.final_alpha_cumprod),
             initial_alpha_cumprod=1.0 if config.set_alpha_to_one else float(alphas_cumprod[0]),
-            stride=config.num_train_timesteps // num_inference_steps,
+            stride=config.num_train_timesteps // num_inference_steps if timesteps is None else None,
             prediction_type=config.prediction_type,
         )
+
+    def check(self, config: ZigzagConfig) -> None:
+        """Also refuse the official zag on a custom timestep list (its stride is undefined)."""
+        super().check(config)
+        if self.stride is None and config.zag == "official" and config.window:
+            raise ValueError('zag="official" reproduces the released code\'s stride k = 1000 // T, which a custom '
+                             'timestep list does not have; use zag="ddim" (the exact inversion)')
 
     def alpha(self, timestep: int) -> float:
         """alpha_bar at a training timestep."""
@@ -467,19 +483,24 @@ class FlowSchedule(_ScheduleChecks):
 
 
 def build_schedule(
-    scheduler: object, num_inference_steps: int, **set_timesteps_kwargs: Any
+    scheduler: object, num_inference_steps: int, timesteps: tuple[int, ...] | None = None,
+    **set_timesteps_kwargs: Any,
 ) -> DDIMSchedule | FlowSchedule:
     """The schedule of the scheduler's family: DDIM or flow-matching Euler.
 
     ``set_timesteps_kwargs`` (flow matching only) are the pipeline's own
-    ``set_timesteps`` arguments, e.g. Flux's ``sigmas`` and ``mu``.
+    ``set_timesteps`` arguments, e.g. Flux's ``sigmas`` and ``mu``;
+    ``timesteps`` a custom DDIM timestep list.
 
     Raises:
         ValueError: any other scheduler, naming the supported one of its family.
     """
     if "FlowMatch" in type(scheduler).__name__:
+        if timesteps is not None:
+            raise ValueError("custom timesteps are supported on the DDIM family only; a flow-matching schedule "
+                             "comes from the pipeline's own sigmas")
         return FlowSchedule.from_scheduler(scheduler, num_inference_steps, **set_timesteps_kwargs)
-    return DDIMSchedule.from_scheduler(scheduler, num_inference_steps)
+    return DDIMSchedule.from_scheduler(scheduler, num_inference_steps, timesteps)
 
 
 def check_run(scheduler: object, config: ZigzagConfig) -> None:
@@ -489,5 +510,8 @@ def check_run(scheduler: object, config: ZigzagConfig) -> None:
     if "FlowMatch" in type(scheduler).__name__:
         FlowSchedule.check_scheduler(scheduler)
         FlowSchedule.check_operator(config)
+        if config.timesteps is not None:
+            raise ValueError("custom timesteps are supported on the DDIM family only; a flow-matching schedule "
+                             "comes from the pipeline's own sigmas")
     else:
-        DDIMSchedule.from_scheduler(scheduler, config.num_inference_steps).check(config)
+        DDIMSchedule.from_scheduler(scheduler, config.num_inference_steps, config.timesteps).check(config)

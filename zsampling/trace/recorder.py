@@ -691,8 +691,8 @@ def package_versions() -> dict[str, str]:
 def config_to_dict(config: ZigzagConfig) -> dict[str, Any]:
     """A :class:`ZigzagConfig` as JSON-ready values (plus the resolved window).
 
-    ``legs`` and ``measure_gap`` appear only when they differ from their
-    defaults, so plain Z-Sampling configs (and the cell hashes sweeps derive
+    ``legs``, ``measure_gap`` and ``timesteps`` appear only when they differ
+    from their defaults, so plain Z-Sampling configs (and the cell hashes sweeps derive
     from them) read as they did before legs existed.
     """
     values: dict[str, Any] = {
@@ -706,6 +706,10 @@ def config_to_dict(config: ZigzagConfig) -> dict[str, Any]:
         values["legs"] = dataclasses.asdict(config.legs)
     if not config.measure_gap:
         del values["measure_gap"]
+    if config.timesteps is None:
+        del values["timesteps"]
+    else:
+        values["timesteps"] = list(config.timesteps)
     values["window"] = sorted(config.window)
     values["reflections"] = config.reflections
     return values

@@ -102,7 +102,7 @@ def sample_with_trace(
             return target.decode(latents, "pt")
     recorder = TraceRecorder(
         keep=keep, latent_dtype=latent_dtype, downsample=downsample, metrics=metrics, every=every,
-        decode_every=decode_every, config=config, schedule=target_schedule(target, config.num_inference_steps),
+        decode_every=decode_every, config=config, schedule=target_schedule(target, config),
         decode=decode, prompts=prompts, negative_prompts=negative_prompts, meta=meta,
     )
     output = sample_target(target, config, recorder=MultiRecorder(recorder, extra_recorder), **sample_kwargs)
