@@ -216,7 +216,7 @@ def test_flow_matching_presets_mark_what_is_not_from_the_paper() -> None:
         "flux-dev": ("black-forest-labs/FLUX.1-dev", "FluxPipeline", 50, 3.5, 1.0),
         "flux-schnell": ("black-forest-labs/FLUX.1-schnell", "FluxPipeline", 4, 0.0, 0.0),
     }
-    assert list_presets()[6:] == list(expected)
+    assert list_presets()[7:] == list(expected)
     for name, (hub_id, cls, steps, g1, g2) in expected.items():
         preset = PRESETS[name]
         assert (preset.hub_id, preset.pipeline_class, preset.num_inference_steps, preset.guidance_scale,
@@ -247,3 +247,35 @@ def test_flow_preset_loads_a_local_tiny_flux_with_the_euler_scheduler(offline: N
                                              "zigzag_steps": 2, "height": 32, "width": 32},
                            output_type="latent", progress=False)
     assert out.nfe == 3 + 2 * 2 and out.config.zag == "euler"
+
+
+def test_w2sd_preset_is_the_released_weight_gap_and_needs_its_lora(offline: None, tiny_sdxl_dir: Path) -> None:
+    preset = get_preset("w2sd")
+    assert preset.name == "w2sd-sdxl" and (preset.guidance_scale, preset.inversion_guidance_scale) == (5.5, 1.0)
+    legs = preset.sampling_kwargs()["legs"]
+    assert (legs.zig.lora_scale, legs.zag.lora_scale, legs.step.lora_scale) == (1.5, -1.5, 0.8)
+    assert "not from the paper" in preset.sources["zigzag_steps"]
+    with pytest.raises(ValueError, match="needs its LoRA: pass lora_path"):
+        load_preset_pipeline("w2sd-sdxl", local_path=tiny_sdxl_dir, device="cpu")
+    with pytest.raises(WeightsNotFoundError, match="cannot load the LoRA"):
+        load_preset_pipeline("w2sd-sdxl", local_path=tiny_sdxl_dir, device="cpu", lora_path=tiny_sdxl_dir / "none")
+
+
+def test_w2sd_preset_loads_a_saved_lora_and_samples_with_its_legs(offline: None, tiny_sdxl_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    donor = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_dir)
+    donor.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                      target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    layers = get_peft_model_state_dict(donor.unet)
+    StableDiffusionXLPipeline.save_lora_weights(tmp_path / "lora", unet_lora_layers=layers)
+    pipe = load_preset_pipeline("w2sd-sdxl", local_path=tiny_sdxl_dir, device="cpu", lora_path=tmp_path / "lora")
+    kwargs = {**get_preset("w2sd-sdxl").sampling_kwargs(), "num_inference_steps": 4, "zigzag_steps": 3,
+              "height": 64, "width": 64}
+    out = zsampling.sample(pipe, "a cat", output_type="latent", progress=False,
+                           generator=torch.Generator().manual_seed(0), **kwargs)
+    plain = zsampling.sample(pipe, "a cat", output_type="latent", progress=False,
+                             generator=torch.Generator().manual_seed(0), **{**kwargs, "legs": None})
+    assert out.nfe == 2 * 4 + 3 * 3 and (out.latents - plain.latents).abs().max().item() > 1e-4

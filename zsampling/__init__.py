@@ -6,11 +6,12 @@ inversion with guidance g2 (zag) over a window of steps, so the guidance gap
 g1 - g2 injects prompt information step by step.
 """
 
-from zsampling.api import SampleOutput, prepare, sample
+from zsampling.api import SampleOutput, prepare, resolve_config, sample, sample_target
 from zsampling.config import ZigzagConfig
 from zsampling.denoisers.base import Branches, Denoiser, EpsPair, SamplingTarget
+from zsampling.legs import Leg, Legs
 from zsampling.sampler import Event, NonFiniteLatentsError, Recorder, zigzag_sample
-from zsampling.schedule import DDIMSchedule
+from zsampling.schedule import DDIMSchedule, FlowSchedule, build_schedule
 
 __version__ = "0.1.0"
 
@@ -20,12 +21,18 @@ __all__ = [
     "Denoiser",
     "EpsPair",
     "Event",
+    "FlowSchedule",
+    "Leg",
+    "Legs",
     "NonFiniteLatentsError",
     "Recorder",
     "SampleOutput",
     "SamplingTarget",
     "ZigzagConfig",
+    "build_schedule",
     "prepare",
+    "resolve_config",
     "sample",
+    "sample_target",
     "zigzag_sample",
 ]

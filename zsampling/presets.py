@@ -27,6 +27,7 @@ dreamshaper-xl  Lykon/dreamshaper-xl-1-0                        fp16   1024  5.0
 sd15            stable-diffusion-v1-5/stable-diffusion-v1-5     fp16   512   7.5*  0    50  49     1
 sd21            stabilityai/stable-diffusion-2-1 (v-pred)       fp16   768   7.5*  0    50  49     1
 pixart-alpha    PixArt-alpha/PixArt-XL-2-1024-MS (DiT)          fp16   1024  4.5*  0    50  49     1
+w2sd-sdxl       SDXL base + your LoRA (W2SD weight gap)         fp16   1024  5.5   1    50  49#    1
 sd3-medium      stabilityai/stable-diffusion-3-medium-diffusers bf16   1024  7.0+  0    28+ 27     1
 sd3.5-large     stabilityai/stable-diffusion-3.5-large          bf16   1024  3.5+  0    28+ 27     1
 sd3.5-medium    stabilityai/stable-diffusion-3.5-medium         bf16   1024  4.5+  0    40+ 39     1
@@ -43,7 +44,8 @@ from the paper**; the flow-matching presets (SD3 / SD3.5, Flux) run on
 ``FlowMatchEulerDiscreteScheduler`` with the exact "euler" zag (there is no
 released flow-matching Z-Sampling), lambda = T - 1. ``#``: FLUX.1-dev is
 guidance-distilled: g1 / g2 are guidance-embedding values, and g2 = 1.0 is
-our choice (not from a paper). FLUX.1-schnell has no guidance at all: its
+our choice (not from a paper); on ``w2sd-sdxl`` the window is ours (W2SD's legs, g1 and g2 are
+its released code's: zig / zag / step LoRA scales +1.5 / -1.5 / 0.8). FLUX.1-schnell has no guidance at all: its
 gap is the Z-Sampling authors' prompt-embedding mix (``Legs.embedding_mix()``,
 from their Flux code), which sweeps cannot express yet.
 
@@ -271,6 +273,9 @@ _SD_FAMILY: dict[str, Any] = {
     "scheduler_overrides": _LEADING, "pipeline_kwargs": _SD_NO_SAFETY,
 }
 """What the Stable Diffusion 1.x / 2.x presets share (checkpoint format, DDIM schedule, no safety checker)."""
+_W2SD = ("W2SD's released SDXL code (xie-lab-ml/Weak-to-Strong-Diffusion-with-Reflection w2sd_lora.py: T 50, "
+         "guidance 5.5, lora scale 0.8, strong / weak lora 1.5 / -1.5, strong / weak guidance 5.5 / 1.0, "
+         "1024 px, fp16, DDIM)")
 _FLOW_COMMON: dict[str, Any] = {
     "dtype": "bfloat16", "variant": None, "height": 1024, "width": 1024, "prediction_type": "flow",
     "scheduler": "FlowMatchEulerDiscreteScheduler", "scheduler_overrides": {}, "zag": "euler",
@@ -393,6 +398,25 @@ PRESETS: dict[str, ModelPreset] = {
                   "Its checkpoint ships a DPM-Solver scheduler, replaced by DDIM from the same config; the timestep "
                   "spacing is the config's, not the paper's (unknown). Guidance is diffusers' default, not from "
                   "the paper.",
+        ),
+        ModelPreset(
+            name="w2sd-sdxl",
+            hub_id="stabilityai/stable-diffusion-xl-base-1.0",
+            **_SDXL_FAMILY,
+            guidance_scale=5.5,
+            inversion_guidance_scale=1.0,
+            legs=Legs.w2sd(1.5, -1.5, 0.8),
+            aliases=("w2sd",),
+            sources={**{key: _W2SD for key in ("guidance_scale", "inversion_guidance_scale", "num_inference_steps",
+                                               "legs", "resolution", "dtype", "scheduler")},
+                     "zigzag_steps": "Z-Sampling's full window lambda = T - 1: W2SD's window is not checked here "
+                                     "(not from the paper)",
+                     "rounds": _SDXL_REFERENCE,
+                     "zag": "the released Z-Sampling operator ('official'); W2SD's code also inverts with "
+                            "DDIMInverseScheduler"},
+            notes="Weak-to-strong reflection (W2SD) with a weight gap: zig LoRA +1.5 with g1 5.5, zag LoRA -1.5 on the "
+                  "conditional branch (g2 = 1), step LoRA 0.8. Its LoRA (xlMoreArtFullV1 in the released code) is "
+                  "not on the hub: pass lora_path. The window is not from the paper.",
         ),
         ModelPreset(
             name="sd3-medium", hub_id="stabilityai/stable-diffusion-3-medium-diffusers", **_SD3_FAMILY,
@@ -601,6 +625,7 @@ def load_preset_pipeline(
     vae: str | Path | None = None,
     unet_path: str | Path | None = None,
     variant: str | None = "auto",
+    lora_path: str | Path | None = None,
 ) -> Any:
     """Load a preset's pipeline, ready for :func:`zsampling.sample`.
 
@@ -625,6 +650,9 @@ def load_preset_pipeline(
             fp16-safe VAE (SDXL family: madebyollin/sdxl-vae-fp16-fix); a path
             or hub id loads that ``AutoencoderKL``.
         unet_path: a local copy of a replaced UNet (``sdxl-dpo``'s DPO UNet).
+        lora_path: a LoRA file or directory, loaded as adapter "w2sd" with
+            ``pipe.load_lora_weights`` (required by presets whose legs switch
+            LoRA scales, e.g. ``w2sd-sdxl``, whose LoRA is not on the hub).
         variant: "auto": the preset's variant ("fp16") for half-precision loads
             from the hub, or when the local directory has such files; None
             loads the full-precision files; a string forces that variant.
@@ -644,6 +672,9 @@ def load_preset_pipeline(
     from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 
     preset = get_preset(name)
+    if preset.legs.uses_lora and lora_path is None:
+        raise ValueError(f"preset {preset.name!r} switches LoRA scales per leg and needs its LoRA: pass lora_path= "
+                         f"(--lora-path); {preset.notes}")
     target = _resolve_device(device)
     if cpu_offload and target.type == "cpu":
         raise ValueError("cpu_offload moves models between the CPU and an accelerator; it needs device='cuda' "
@@ -721,6 +752,12 @@ def load_preset_pipeline(
     if preset.scheduler == "DDIMScheduler" and pipe.scheduler.config.prediction_type != preset.prediction_type:
         warnings.warn(f"preset {preset.name!r} expects prediction_type={preset.prediction_type!r}, the checkpoint's "
                       f"scheduler says {pipe.scheduler.config.prediction_type!r} (kept)", stacklevel=2)
+    if lora_path is not None:
+        try:
+            pipe.load_lora_weights(str(lora_path), adapter_name="w2sd")
+        except (OSError, ValueError) as error:
+            raise WeightsNotFoundError(f"cannot load the LoRA at lora_path {str(lora_path)!r} for preset "
+                                       f"{preset.name!r} ({type(error).__name__}: {error})") from error
     autoencoder = getattr(pipe, "vae", None)
     if isinstance(autoencoder, AutoencoderKL) and not vae_upcast:
         autoencoder.register_to_config(force_upcast=False)
