@@ -428,18 +428,9 @@ class _Run:
         eps_u, eps_c = ev.eps.uncond, ev.eps.cond
         direction = None
         if eps_u is not None and eps_c is not None:
-            flat_u = eps_u.reshape(batch, -1).to(cdtype)
-            direction = eps_c.reshape(batch, -1).to(cdtype) - flat_u
-            # eps_u + g (eps_c - eps_u), the guided eps the move used (reusing the direction)
-            if ev.guidance == 0.0:
-                eps = flat_u
-            elif ev.guidance == 1.0:
-                eps = eps_c.reshape(batch, -1).to(cdtype)
-            else:
-                eps = torch.add(flat_u, direction, alpha=ev.guidance)
-        else:
-            output = ev.output if ev.output is not None else ev.eps.guided(ev.guidance)
-            eps = output.reshape(batch, -1).to(cdtype)
+            direction = eps_c.reshape(batch, -1).to(cdtype) - eps_u.reshape(batch, -1).to(cdtype)
+        output = ev.output if ev.output is not None else ev.eps.guided(ev.guidance)  # what drove the move
+        eps = output.reshape(batch, -1).to(cdtype)
         x0 = ev.move.predicted_x0(x_in, eps)
         norm = torch.linalg.vector_norm
         nan = self.nan
