@@ -13,6 +13,7 @@ import math
 import struct
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -40,8 +41,21 @@ def _offline(monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
 
 
-def read_offline_run(directory: Path) -> tuple[Path, list]:
-    """(run directory, protobuf Records) of the single offline run under ``directory``."""
+def read_offline_run(directory: Path, timeout: float = 60.0) -> tuple[Path, list]:
+    """(run directory, protobuf Records) of the single offline run under ``directory``.
+
+    W&B's service process writes the run file asynchronously and may still be flushing after
+    ``finish()`` returns (seen on a loaded machine): wait until the file holds its "exit" record.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        path, records = _parse_offline_run(directory)
+        if any(record.WhichOneof("record_type") == "exit" for record in records) or time.monotonic() > deadline:
+            return path, records
+        time.sleep(0.2)
+
+
+def _parse_offline_run(directory: Path) -> tuple[Path, list]:
     from wandb.proto import wandb_internal_pb2 as pb
 
     (path,) = directory.glob("wandb/offline-run-*/run-*.wandb")
