@@ -32,6 +32,10 @@ Sizes (pixels / latents, batch of one):
   call it with ``use_resolution_binning=False`` (otherwise the pipeline snaps
   the request to its 256x256 aspect-ratio bins) and ``clean_caption=False``
   (its default ``True`` needs ``bs4``/``ftfy`` and only warns without them).
+* :func:`tiny_hunyuan_pipeline`: 64x64 pixels, latents ``(1, 4, 8, 8)``
+  (an 8x VAE, as the rotary grid assumes); call it with
+  ``use_resolution_binning=False`` (otherwise the pipeline snaps the request
+  to its 1024-pixel bins).
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
     FluxTransformer2DModel,
+    HunyuanDiT2DModel,
+    HunyuanDiTPipeline,
     PixArtAlphaPipeline,
     PixArtTransformer2DModel,
     SD3Transformer2DModel,
@@ -63,6 +69,9 @@ from diffusers import (
 from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
 from tokenizers.models import Unigram
 from transformers import (
+    BertConfig,
+    BertModel,
+    BertTokenizer,
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTextModelWithProjection,
@@ -72,7 +81,14 @@ from transformers import (
     T5EncoderModel,
 )
 
-__all__ = ["tiny_flux_pipeline", "tiny_pixart_pipeline", "tiny_sd3_pipeline", "tiny_sd_pipeline", "tiny_sdxl_pipeline"]
+__all__ = [
+    "tiny_flux_pipeline",
+    "tiny_hunyuan_pipeline",
+    "tiny_pixart_pipeline",
+    "tiny_sd3_pipeline",
+    "tiny_sd_pipeline",
+    "tiny_sdxl_pipeline",
+]
 
 # Vocabulary size of every tiny text encoder; all tokenizer ids stay below it.
 _TEXT_VOCAB_SIZE = 1000
@@ -506,4 +522,92 @@ def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True) -> FluxPipel
     return _finish(FluxPipeline(
         scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=_tiny_t5_encoder(seed),
         tokenizer_2=_tiny_t5_tokenizer(), transformer=transformer, vae=_tiny_flow_vae(seed),
+    ))
+
+
+def _tiny_bert_tokenizer() -> BertTokenizer:
+    """A BERT WordPiece tokenizer over a lower-case character vocabulary.
+
+    Ids: 0 ``[PAD]``, 1 ``[UNK]``, 2 ``[CLS]``, 3 ``[SEP]``, 4 ``[MASK]``,
+    then every lower-case letter, digit and ASCII punctuation character, on
+    its own (a word's first piece) and as a ``##`` continuation. Any ASCII
+    prompt is therefore encoded losslessly up to case (BERT lower-cases),
+    one piece per character, wrapped in ``[CLS] ... [SEP]``; other
+    characters map to ``[UNK]``. ``vocab.txt`` is written to a temporary
+    directory (deleted on return) and loaded with ``local_files_only=True``,
+    which transformers 4.x and 5.x read alike.
+    """
+    chars = string.ascii_lowercase + string.digits + string.punctuation
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *("##" + c for c in chars)]
+    assert len(vocab) <= _TEXT_VOCAB_SIZE
+    with tempfile.TemporaryDirectory(prefix="zsampling-tiny-bert-") as tmp:
+        (Path(tmp) / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+        return BertTokenizer.from_pretrained(tmp, local_files_only=True, model_max_length=_CLIP_MAX_LENGTH)
+
+
+def _tiny_8x_vae(seed: int) -> AutoencoderKL:
+    """Four-block KL autoencoder: downsampling factor 8, as Hunyuan-DiT's rotary grid
+    (``height // 8 // patch_size``) assumes, with 4 channels per block."""
+    with _seeded(seed):
+        return AutoencoderKL(
+            block_out_channels=(4, 4, 4, 4), in_channels=3, out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            latent_channels=4, norm_num_groups=2, sample_size=64,
+        )
+
+
+def _hunyuan_ddim_scheduler(prediction_type: str) -> DDIMScheduler:
+    """DDIM with Hunyuan-DiT's training schedule.
+
+    The checkpoints (Tencent-Hunyuan/HunyuanDiT-v1.1-Diffusers and later)
+    ship a ``DDPMScheduler`` with scaled-linear betas 0.00085 .. 0.03,
+    ``v_prediction``, ``steps_offset`` 1 and "leading" spacing;
+    ``DDIMScheduler.from_config`` of that config gives these values.
+    """
+    return DDIMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.03, beta_schedule="scaled_linear",
+        clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading",
+        prediction_type=prediction_type,
+    )
+
+
+def tiny_hunyuan_pipeline(seed: int = 0, prediction_type: str = "v_prediction") -> HunyuanDiTPipeline:
+    """Build a tiny random Hunyuan-DiT pipeline, offline.
+
+    ``HunyuanDiT2DModel`` with diffusers' fast-test sizes (2 layers, 3 heads
+    of 8, patch 2, learned sigma: 8 output channels of which the pipeline
+    keeps the first 4) over 8x8 latents; a 2-layer, 32-wide ``BertModel``
+    with the in-memory character-level BERT tokenizer (the real model's
+    bilingual CLIP-like BERT, 77 tokens) and a 2-layer T5 encoder with the
+    in-memory T5 tokenizer (the real model's mT5, 256 tokens); a four-block
+    VAE (factor 8); DDIM with Hunyuan-DiT's schedule (``prediction_type``
+    "v_prediction", as the checkpoints, or "epsilon"). Default output is
+    64x64 pixels from ``(B, 4, 8, 8)`` latents.
+
+    Call the pipeline with ``use_resolution_binning=False`` (with binning it
+    renders at 1024x1024).
+
+    Args:
+        seed: seeds the weight initialisation; the same seed gives identical
+            weights, different seeds give different weights.
+        prediction_type: the scheduler's (and so the network's) parameterisation.
+
+    Returns:
+        A float32 pipeline on CPU, all networks in eval mode, progress bar off.
+    """
+    tokenizer = _tiny_bert_tokenizer()
+    with _seeded(seed):
+        transformer = HunyuanDiT2DModel(
+            sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=3, in_channels=4,
+            cross_attention_dim=32, cross_attention_dim_t5=32, pooled_projection_dim=16, hidden_size=24,
+            activation_fn="gelu-approximate",
+        )
+        text_encoder = BertModel(BertConfig(
+            vocab_size=_TEXT_VOCAB_SIZE, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=37, max_position_embeddings=_CLIP_MAX_LENGTH, pad_token_id=tokenizer.pad_token_id,
+        ), add_pooling_layer=False)
+    return _finish(HunyuanDiTPipeline(
+        vae=_tiny_8x_vae(seed), text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer,
+        scheduler=_hunyuan_ddim_scheduler(prediction_type), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False, text_encoder_2=_tiny_t5_encoder(seed), tokenizer_2=_tiny_t5_tokenizer(),
     ))

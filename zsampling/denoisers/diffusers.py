@@ -3,7 +3,8 @@
 DDIM family (outputs converted to eps): ``StableDiffusionPipeline`` (SD 1.x /
 2.x, epsilon or v prediction), ``StableDiffusionXLPipeline`` (pooled text
 embeds and time ids) and the DiT pipelines ``PixArtAlphaPipeline`` /
-``PixArtSigmaPipeline``.
+``PixArtSigmaPipeline`` and ``HunyuanDiTPipeline`` (two text encoders,
+BERT and mT5, learned-sigma output).
 
 Flow-matching family (outputs are velocities): ``StableDiffusion3Pipeline``
 (SD3 / SD3.5: three text encoders, pooled projections, CFG with a negative
@@ -200,6 +201,7 @@ def prepare_diffusers(
     """Encode prompts once and wrap ``pipe``'s network as a denoiser."""
     from diffusers import (
         FluxPipeline,
+        HunyuanDiTPipeline,
         PixArtAlphaPipeline,
         PixArtSigmaPipeline,
         StableDiffusion3Pipeline,
@@ -212,6 +214,7 @@ def prepare_diffusers(
         (StableDiffusionPipeline, _prepare_sd),
         (PixArtAlphaPipeline, _prepare_pixart),
         (PixArtSigmaPipeline, _prepare_pixart),
+        (HunyuanDiTPipeline, _prepare_hunyuan),
         (StableDiffusion3Pipeline, _prepare_sd3),
         (FluxPipeline, _prepare_flux),
     ]
@@ -311,6 +314,56 @@ def _prepare_pixart(pipe: Any, prompts: list[str], negative: list[str] | None, h
 
     return _target(pipe, transformer, network, conditioning(uncond, uncond_mask), conditioning(cond, cond_mask),
                    len(prompts), (channels, height // scale, width // scale))
+
+
+def _prepare_hunyuan(pipe: Any, prompts: list[str], negative: list[str] | None, height: int | None,
+                     width: int | None) -> DiffusersTarget:
+    """``HunyuanDiTPipeline.__call__``'s conditioning, guidance_rescale 0.
+
+    Per branch: the BERT (77 tokens) and mT5 (256 tokens) embeddings with
+    their attention masks, the image-meta sizes (original size (1024, 1024),
+    target size = the requested size, crop (0, 0)) and style 0. The rotary
+    embedding of the patch grid has no batch dimension and lives in the
+    network closure. The size is used as given, like
+    ``pipe(..., use_resolution_binning=False)``; the pipeline's default
+    binning leaves its ten supported sizes (1024x1024 among them) unchanged.
+    """
+    from diffusers.models.embeddings import get_2d_rotary_pos_embed
+    from diffusers.pipelines.hunyuandit.pipeline_hunyuandit import get_resize_crop_region_for_grid
+
+    transformer = pipe.transformer
+    scale, patch = pipe.vae_scale_factor, transformer.config.patch_size
+    height, width = _pixel_size(pipe, height, width, pipe.default_sample_size * scale, 16)
+    device, dtype, batch = pipe._execution_device, transformer.dtype, len(prompts)
+    with torch.no_grad():
+        encoded = [
+            pipe.encode_prompt(prompts, device=device, dtype=dtype, do_classifier_free_guidance=True,
+                               negative_prompt=negative, max_sequence_length=length, text_encoder_index=index)
+            for index, length in ((0, 77), (1, 256))
+        ]
+    (cond, uncond, cond_mask, uncond_mask), (cond_t5, uncond_t5, cond_mask_t5, uncond_mask_t5) = encoded
+    grid = (height // 8 // patch, width // 8 // patch)
+    rotary = get_2d_rotary_pos_embed(transformer.inner_dim // transformer.num_heads,
+                                     get_resize_crop_region_for_grid(grid, 512 // 8 // patch), grid,
+                                     device=device, output_type="pt")
+    meta = torch.tensor([[1024, 1024, height, width, 0, 0]], dtype=cond.dtype, device=device).repeat(batch, 1)
+    style = torch.zeros(batch, dtype=torch.long, device=device)
+    channels = transformer.config.in_channels
+
+    def network(x: torch.Tensor, t: torch.Tensor, kwargs: Conditioning) -> torch.Tensor:
+        with torch.no_grad():
+            output = transformer(x, t.expand(x.shape[0]).to(x.dtype), **kwargs, image_rotary_emb=rotary,
+                                 return_dict=False)[0]
+        return output.chunk(2, dim=1)[0]
+
+    def conditioning(embeds: torch.Tensor, mask: torch.Tensor, embeds_t5: torch.Tensor,
+                     mask_t5: torch.Tensor) -> Conditioning:
+        return {"encoder_hidden_states": embeds, "text_embedding_mask": mask, "encoder_hidden_states_t5": embeds_t5,
+                "text_embedding_mask_t5": mask_t5, "image_meta_size": meta, "style": style}
+
+    return _target(pipe, transformer, network, conditioning(uncond, uncond_mask, uncond_t5, uncond_mask_t5),
+                   conditioning(cond, cond_mask, cond_t5, cond_mask_t5), batch,
+                   (channels, height // scale, width // scale))
 
 
 def _target(pipe: Any, network_module: Any, network: Network, uncond: Conditioning, cond: Conditioning,
