@@ -187,3 +187,29 @@ def test_decoded_images_and_size_errors():
     assert (wide.latents - wide_theirs).abs().max().item() <= 1e-4
     with pytest.raises(ValueError, match="height must be a multiple of 16 for HunyuanDiTPipeline"):
         sample(pipe, PROMPTS, height=40, num_inference_steps=2, progress=False)
+
+
+def test_preset_marks_what_is_not_from_the_paper():
+    from zsampling.presets import get_preset
+
+    preset = get_preset("hunyuan")
+    assert (preset.name, preset.hub_id, preset.pipeline_class) == (
+        "hunyuan-dit", "Tencent-Hunyuan/HunyuanDiT-v1.2-Diffusers", "HunyuanDiTPipeline")
+    assert (preset.dtype, preset.height, preset.width, preset.prediction_type) == (
+        "float16", 1024, 1024, "v_prediction")
+    assert (preset.guidance_scale, preset.num_inference_steps, preset.zigzag_steps, preset.zag) == (
+        5.0, 50, 49, "official")
+    assert not preset.guidance_from_paper and "not from the paper" in preset.sources["num_inference_steps"]
+    # the tiny pipeline's scheduler is the preset's DDIM (the checkpoint's DDPM config through the overrides)
+    tiny = tiny_hunyuan_pipeline().scheduler.config
+    assert all(tiny[key] == value for key, value in preset.scheduler_overrides.items())
+
+
+def test_sweep_runs_tiny_hunyuan(tmp_path):
+    from zsampling.sweep import parse_spec, run_sweep
+
+    spec = parse_spec({"model": {"name": "tiny-hunyuan"}, "prompts": ["a cat", "a dog"], "seeds": {"paired": True},
+                       "grid": {"num_inference_steps": 4, "guidance_scale": [5.0], "zigzag_steps": [0, 3]}})
+    result = run_sweep(spec, tmp_path / "out", progress=False)
+    assert result.cells_run == 2
+    assert result.results.groupby("method")["nfe"].first().to_dict() == {"standard": 8, "zigzag": 8 + 3 * 3}

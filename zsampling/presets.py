@@ -28,6 +28,7 @@ sd15            stable-diffusion-v1-5/stable-diffusion-v1-5     fp16   512   7.5
 sd21            stabilityai/stable-diffusion-2-1 (v-pred)       fp16   768   7.5*  0    50  49     1
 pixart-alpha    PixArt-alpha/PixArt-XL-2-1024-MS (DiT)          fp16   1024  4.5*  0    50  49     1
 w2sd-sdxl       SDXL base + your LoRA (W2SD weight gap)         fp16   1024  5.5   1    50  49#    1
+hunyuan-dit     Tencent-Hunyuan/HunyuanDiT-v1.2-Diffusers (v)   fp16   1024  5.0*  0    50  49     1
 sd3-medium      stabilityai/stable-diffusion-3-medium-diffusers bf16   1024  7.0+  0    28+ 27     1
 sd3.5-large     stabilityai/stable-diffusion-3.5-large          bf16   1024  3.5+  0    28+ 27     1
 sd3.5-medium    stabilityai/stable-diffusion-3.5-medium         bf16   1024  4.5+  0    40+ 39     1
@@ -417,6 +418,31 @@ PRESETS: dict[str, ModelPreset] = {
             notes="Weak-to-strong reflection (W2SD) with a weight gap: zig LoRA +1.5 with g1 5.5, zag LoRA -1.5 on the "
                   "conditional branch (g2 = 1), step LoRA 0.8. Its LoRA (xlMoreArtFullV1 in the released code) is "
                   "not on the hub: pass lora_path. The window is not from the paper.",
+        ),
+        ModelPreset(
+            name="hunyuan-dit",
+            hub_id="Tencent-Hunyuan/HunyuanDiT-v1.2-Diffusers",
+            pipeline_class="HunyuanDiTPipeline",
+            dtype="float16",
+            variant=None,
+            height=1024,
+            width=1024,
+            prediction_type="v_prediction",
+            scheduler_overrides=_LEADING,
+            guidance_scale=5.0,
+            pipeline_kwargs=_SD_NO_SAFETY,
+            aliases=("hunyuan", "hunyuandit", "hunyuan-dit-v1.2"),
+            sources=_sources("diffusers' default for HunyuanDiTPipeline (not from the paper)",
+                             num_inference_steps="50: Z-Sampling's SDXL reference T and HunyuanDiTPipeline's default "
+                                                 "steps alike, not from the paper for this model",
+                             scheduler="DDIM from the checkpoint's DDPM config (scaled-linear betas 0.00085..0.03, "
+                                       "v-prediction, steps_offset 1, leading spacing); not from the paper",
+                             prediction_type="the checkpoint's scheduler config (v-prediction)"),
+            notes="A DiT (transformer) model with two text encoders (a bilingual CLIP-like BERT, 77 tokens, and "
+                  "mT5, 256 tokens) and a learned-sigma output (zsampling keeps the first half, as the pipeline). "
+                  "Its checkpoint ships DDPM, replaced by DDIM from the same config. zsampling renders the size as "
+                  "given (the pipeline's resolution binning leaves 1024x1024 unchanged); guidance_rescale is 0. "
+                  "Guidance and steps are HunyuanDiTPipeline's defaults, not from the paper.",
         ),
         ModelPreset(
             name="sd3-medium", hub_id="stabilityai/stable-diffusion-3-medium-diffusers", **_SD3_FAMILY,

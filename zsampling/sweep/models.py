@@ -15,8 +15,8 @@ Models (``model.name``):
   ``scheduler``) or an explicit mixture (``weights``, ``means``,
   ``covariances``, ``component_names``, ``scheduler``). Prompts name
   components ("0", "0,2", names).
-* ``"tiny-sd"``, ``"tiny-sdxl"``, ``"tiny-pixart"``, ``"tiny-sd3"``,
-  ``"tiny-flux"``: randomly initialised offline pipelines from
+* ``"tiny-sd"``, ``"tiny-sdxl"``, ``"tiny-pixart"``, ``"tiny-hunyuan"``,
+  ``"tiny-sd3"``, ``"tiny-flux"``: randomly initialised offline pipelines from
   :mod:`zsampling.tiny_pipelines` (plumbing checks, benchmarks); option
   ``seed`` (and ``guidance_embeds`` for ``tiny-flux``). Flow-matching models
   need ``zag: [euler]`` in the grid.
@@ -65,6 +65,7 @@ TINY_PIPELINES: dict[str, str] = {
     "tiny-sd": "tiny_sd_pipeline",
     "tiny-sdxl": "tiny_sdxl_pipeline",
     "tiny-pixart": "tiny_pixart_pipeline",
+    "tiny-hunyuan": "tiny_hunyuan_pipeline",
     "tiny-sd3": "tiny_sd3_pipeline",
     "tiny-flux": "tiny_flux_pipeline",
 }
