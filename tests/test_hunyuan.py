@@ -162,7 +162,11 @@ def test_official_operator_equals_the_released_code(pipe, window, rounds, g2):
     ours = sample(pipe, PROMPTS, num_inference_steps=steps, guidance_scale=g1, inversion_guidance_scale=g2,
                   zigzag_steps=window, rounds=rounds, latents=latents, output_type="latent", progress=False)
     expected = released_code_loop(pipe, latents.clone(), steps, g1, g2, window, rounds)
-    assert (ours.latents - expected).abs().max().item() <= 1e-4 * max(1.0, expected.abs().max().item())
+    error = (ours.latents - expected).abs().max().item()
+    if pipe.scheduler.config.prediction_type == "v_prediction":  # the checkpoint's parameterisation
+        assert error <= 1e-4
+    else:  # the random eps network drives the latents to ~1e3: float32 agreement is relative there
+        assert error <= 1e-5 * expected.abs().max().item()
     zag_rows = 1 if g2 in (0.0, 1.0) else 2
     assert ours.nfe == 2 * steps + (2 + zag_rows) * window * rounds
     assert ours.network_rows == len(PROMPTS) * ours.nfe
