@@ -17,8 +17,9 @@ alone:
 
 The outputs are noise-like: the weights are random. What is faithful is the
 plumbing -- classes, shapes, dtypes, prompt encoding, classifier-free
-guidance batching and the DDIM scheduler -- which is what sampler code
-interacts with.
+guidance batching and the scheduler (DDIM for the UNet/DiT pipelines,
+flow-matching Euler for SD3 and Flux) -- which is what sampler code interacts
+with.
 
 Sizes (pixels / latents, batch of one):
 
@@ -28,6 +29,29 @@ Sizes (pixels / latents, batch of one):
   call it with ``use_resolution_binning=False`` (otherwise the pipeline snaps
   the request to its 256x256 aspect-ratio bins) and ``clean_caption=False``
   (its default ``True`` needs ``bs4``/``ftfy`` and only warns without them).
+* :func:`tiny_sd3_pipeline`: a ``StableDiffusion3Pipeline``. The VAE does not
+  downsample (one block, 4 latent channels) and the transformer's patch size
+  is 1, so latents are ``(B, 4, H, W)`` for an ``H x W`` request; any height
+  and width work (the default 32x32 too). Call it with ``height=16,
+  width=16`` in tests (256 image tokens; 32x32 is 4x the attention work).
+  Scheduler: ``FlowMatchEulerDiscreteScheduler(shift=3.0)``, SD3's config.
+* :func:`tiny_flux_pipeline`: a ``FluxPipeline``. The VAE does not downsample
+  and has 1 latent channel, so an ``H x W`` request gives unpacked latents
+  ``(B, 1, H, W)`` and packed (2x2 patches) transformer tokens ``(B, H/2 *
+  W/2, 4)``, which is what ``output_type="latent"`` returns. Height and width
+  must be even; ALWAYS pass them (e.g. ``height=16, width=16``): the
+  pipeline's default is 128x128 (4096 tokens). Scheduler: Flux's config
+  (dynamic shifting from the image sequence length, base/max shift 0.5/1.15
+  over 256..4096 tokens, shift 3.0). With ``guidance_embeds=True`` it is
+  Flux.1-dev-like (``guidance_scale`` feeds a guidance embedding, one branch);
+  with ``False`` Flux.1-schnell-like; either accepts ``negative_prompt=...,
+  true_cfg_scale > 1`` (true CFG, two transformer calls per step).
+
+Example::
+
+    pipe = tiny_flux_pipeline(seed=0, guidance_embeds=True)
+    latents = pipe("a prompt", height=16, width=16, num_inference_steps=3,
+                   output_type="latent").images            # (1, 64, 4)
 """
 
 from __future__ import annotations
@@ -45,8 +69,13 @@ from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
     DiffusionPipeline,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
     PixArtAlphaPipeline,
     PixArtTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
@@ -63,7 +92,13 @@ from transformers import (
     T5EncoderModel,
 )
 
-__all__ = ["tiny_pixart_pipeline", "tiny_sd_pipeline", "tiny_sdxl_pipeline"]
+__all__ = [
+    "tiny_flux_pipeline",
+    "tiny_pixart_pipeline",
+    "tiny_sd3_pipeline",
+    "tiny_sd_pipeline",
+    "tiny_sdxl_pipeline",
+]
 
 # Vocabulary size of every tiny text encoder; all tokenizer ids stay below it.
 _TEXT_VOCAB_SIZE = 1000
@@ -123,6 +158,25 @@ def _tiny_vae(seed: int) -> AutoencoderKL:
             latent_channels=4,
             norm_num_groups=2,
             sample_size=64,
+        )
+
+
+def _tiny_flow_vae(seed: int, latent_channels: int) -> AutoencoderKL:
+    """diffusers' SD3/Flux fast-test autoencoder: one block (no downsampling),
+    no quant convs, the SD3 test's shift and scaling factors."""
+    with _seeded(seed):
+        return AutoencoderKL(
+            sample_size=32,
+            in_channels=3,
+            out_channels=3,
+            block_out_channels=(4,),
+            layers_per_block=1,
+            latent_channels=latent_channels,
+            norm_num_groups=1,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+            shift_factor=0.0609,
+            scaling_factor=1.5035,
         )
 
 
@@ -234,6 +288,25 @@ def _tiny_t5_tokenizer() -> PreTrainedTokenizerFast:
         unk_token="<unk>",
         model_max_length=_T5_MAX_LENGTH,
     )
+
+
+def _tiny_t5_encoder(seed: int, tokenizer: PreTrainedTokenizerFast) -> T5EncoderModel:
+    """A 5-layer, 32-wide T5 encoder (diffusers' fast-test size) matching ``tokenizer``."""
+    config = T5Config(
+        vocab_size=_TEXT_VOCAB_SIZE,
+        d_model=32,
+        d_kv=8,
+        d_ff=37,
+        num_layers=5,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        dropout_rate=0.0,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    with _seeded(seed):
+        return T5EncoderModel(config)
 
 
 def _finish(pipe: _Pipe) -> _Pipe:
@@ -399,26 +472,139 @@ def tiny_pixart_pipeline(seed: int = 0) -> PixArtAlphaPipeline:
             norm_eps=1e-6,
         )
     vae = _tiny_vae(seed)
-    text_config = T5Config(
-        vocab_size=_TEXT_VOCAB_SIZE,
-        d_model=32,
-        d_kv=8,
-        d_ff=37,
-        num_layers=5,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        dropout_rate=0.0,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.pad_token_id,
-    )
-    with _seeded(seed):
-        text_encoder = T5EncoderModel(text_config)
+    text_encoder = _tiny_t5_encoder(seed, tokenizer)
     pipe = PixArtAlphaPipeline(
         tokenizer=tokenizer,
         text_encoder=text_encoder,
         vae=vae,
         transformer=transformer,
         scheduler=_ddim_scheduler(),
+    )
+    return _finish(pipe)
+
+
+def tiny_sd3_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
+    """Build a tiny random Stable Diffusion 3 (MMDiT, flow matching) pipeline, offline.
+
+    Sizes are diffusers' SD3 fast test's: a one-layer ``SD3Transformer2DModel``
+    (4 heads of 8, patch size 1, 4 latent channels, joint attention width 32,
+    pooled projection width 64); two ``CLIPTextModelWithProjection`` encoders
+    (5 layers, 32 wide, projection 32; their pooled outputs concatenate to 64)
+    sharing the in-memory byte-level CLIP tokenizer; a 5-layer, 32-wide T5
+    encoder with the in-memory T5 tokenizer (its width, 32, is the joint
+    attention width, so the pipeline truncates the 64-wide CLIP context to
+    it); a one-block KL autoencoder (no downsampling, shift 0.0609, scale
+    1.5035); ``FlowMatchEulerDiscreteScheduler(shift=3.0)`` (SD3's scheduler
+    config: no dynamic shifting). An ``H x W`` request gives ``(B, 4, H, W)``
+    latents; use e.g. ``height=16, width=16``.
+
+    Args:
+        seed: seeds the weight initialisation; the same seed gives identical
+            weights, different seeds give different weights.
+
+    Returns:
+        A float32 pipeline on CPU, all networks in eval mode, progress bar off.
+    """
+    tokenizer = _tiny_clip_tokenizer()
+    tokenizer_2 = _tiny_clip_tokenizer()
+    tokenizer_3 = _tiny_t5_tokenizer()
+    with _seeded(seed):
+        transformer = SD3Transformer2DModel(
+            sample_size=32,
+            patch_size=1,
+            in_channels=4,
+            num_layers=1,
+            attention_head_dim=8,
+            num_attention_heads=4,
+            caption_projection_dim=32,
+            joint_attention_dim=32,
+            pooled_projection_dim=64,
+            out_channels=4,
+        )
+    text_config = _clip_text_config(tokenizer, hidden_act="gelu", projection_dim=32)
+    with _seeded(seed):
+        # One stream for both encoders, so they get different weights.
+        text_encoder = CLIPTextModelWithProjection(text_config)
+        text_encoder_2 = CLIPTextModelWithProjection(text_config)
+    text_encoder_3 = _tiny_t5_encoder(seed, tokenizer_3)
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
+        vae=_tiny_flow_vae(seed, latent_channels=4),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        text_encoder_3=text_encoder_3,
+        tokenizer_3=tokenizer_3,
+    )
+    return _finish(pipe)
+
+
+def _flux_scheduler() -> FlowMatchEulerDiscreteScheduler:
+    """Flux.1's scheduler config: dynamic shifting ``mu`` from the image sequence length."""
+    return FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+
+
+def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True) -> FluxPipeline:
+    """Build a tiny random Flux.1 pipeline, offline.
+
+    Sizes are diffusers' Flux fast test's: a ``FluxTransformer2DModel`` with
+    one double-stream and one single-stream block (2 heads of 16, rope axes
+    (4, 4, 8), patch size 1 over packed 2x2 latent patches: 4 input
+    channels), joint attention width 32 (the T5 width) and pooled projection
+    width 32 (the CLIP width); a ``CLIPTextModel`` (5 layers, 32 wide) with
+    the in-memory byte-level tokenizer; a 5-layer, 32-wide T5 encoder with
+    the in-memory T5 tokenizer; a one-block KL autoencoder with 1 latent
+    channel (no downsampling); Flux's scheduler config (see
+    :func:`_flux_scheduler`). An ``H x W`` request (both even; always pass
+    them, the default is 128x128) gives packed latents ``(B, H/2 * W/2, 4)``.
+
+    Args:
+        seed: seeds the weight initialisation; the same seed gives identical
+            weights, different seeds give different weights.
+        guidance_embeds: True builds a guidance-distilled (Flux.1-dev-like)
+            transformer that embeds ``guidance_scale``; False a
+            Flux.1-schnell-like one without it.
+
+    Returns:
+        A float32 pipeline on CPU, all networks in eval mode, progress bar off.
+    """
+    tokenizer = _tiny_clip_tokenizer()
+    tokenizer_2 = _tiny_t5_tokenizer()
+    with _seeded(seed):
+        transformer = FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=4,
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=32,
+            pooled_projection_dim=32,
+            guidance_embeds=guidance_embeds,
+            axes_dims_rope=(4, 4, 8),
+        )
+    with _seeded(seed):
+        text_encoder = CLIPTextModel(_clip_text_config(tokenizer, hidden_act="gelu", projection_dim=32))
+    text_encoder_2 = _tiny_t5_encoder(seed, tokenizer_2)
+    pipe = FluxPipeline(
+        scheduler=_flux_scheduler(),
+        vae=_tiny_flow_vae(seed, latent_channels=1),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+        image_encoder=None,
+        feature_extractor=None,
     )
     return _finish(pipe)
