@@ -23,8 +23,9 @@ def _random_mixture(seed: int, k: int, d: int) -> tuple[np.ndarray, np.ndarray, 
     return weights / weights.sum(), means, covs
 
 
-def _reference_velocity(x: np.ndarray, sigma: float, weights: np.ndarray, means: np.ndarray,
-                        covs: np.ndarray) -> np.ndarray:
+def _reference_velocity(
+    x: np.ndarray, sigma: float, weights: np.ndarray, means: np.ndarray, covs: np.ndarray
+) -> np.ndarray:
     """E[n - x0 | x] by linear-Gaussian conditioning per component, scipy responsibilities (numpy only)."""
     d = x.shape[1]
     c = 1.0 - sigma
@@ -118,8 +119,7 @@ def test_denoiser_follows_the_scheduler_timestep_convention() -> None:
         pair = target.denoiser(x, float(t), BOTH)
         # timesteps and sigmas are float32 in diffusers: t / 1000 and sigma agree to float32 precision.
         torch.testing.assert_close(pair.cond[0], model.velocity(x[:1], sigma=s, components="0")[0], rtol=0, atol=1e-5)
-        torch.testing.assert_close(pair.uncond[0], model.velocity(x[:1], sigma=s, components="2")[0], rtol=0,
-                                   atol=1e-5)
+        torch.testing.assert_close(pair.uncond[0], model.velocity(x[:1], sigma=s, components="2")[0], rtol=0, atol=1e-5)
         torch.testing.assert_close(pair.uncond[1], model.velocity(x[1:], sigma=s)[0], rtol=0, atol=1e-5)
 
 
