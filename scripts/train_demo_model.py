@@ -29,8 +29,9 @@ Everything is deterministic for a given seed, torch build and thread count
 without retraining the UNet. ``--evaluate`` measures the Z-Sampling effect
 (standard vs zigzag alignment) of the model in ``--out`` with
 ``zsampling.sample`` (or, with ``--eval-sampler reference``, a self-contained
-reference loop that follows DESIGN.md's "official" operator), prints a JSON
-summary and records it in TRAINING.md.
+reference loop that follows DESIGN.md's "official" operator for DDIM and its
+"euler" operator, evaluated at the next sigma, for flow matching), prints a
+JSON summary and records it in TRAINING.md.
 """
 
 from __future__ import annotations
@@ -432,6 +433,46 @@ def reference_sample(
     return target.decode(x, "pt")
 
 
+def reference_sample_flow(
+    pipe: Any,
+    classes: list[int],
+    seed: int,
+    steps: int,
+    g1: float,
+    g2: float = 0.0,
+    window: int = 0,
+) -> torch.Tensor:
+    """Standard (window 0) or Z-Sampling with the "euler" zag (evaluated at sigma_{i+1}),
+    one round, on a flow-matching demo model; images in [0, 1].
+
+    Zig ``y = x + (s_{i+1} - s_i) v_g1(x, s_i)``, zag ``x' = y - (s_{i+1} - s_i)
+    v_g2(y, s_{i+1})`` (DESIGN.md, "Flow matching"), then the ordinary Euler step;
+    initial latents N(0, I), sigmas and timesteps from the scheduler.
+    """
+    from zsampling.denoisers.base import Branches
+
+    prompts = [str(c) for c in classes]
+    target = pipe.prepare_zsampling(prompts, None, None, None)
+    sch = target.scheduler
+    sch.set_timesteps(steps)
+    sigmas = [float(s) for s in sch.sigmas]
+    ts = [float(t) for t in sch.timesteps]
+    scale = float(sch.config.num_train_timesteps)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn((len(classes), 1, 8, 8), generator=gen)
+
+    def vel(z: torch.Tensor, t: float, g: float) -> torch.Tensor:
+        return target.denoiser(z, t, Branches.for_guidance(g)).guided(g)
+
+    for i, t in enumerate(ts):
+        h = sigmas[i + 1] - sigmas[i]
+        if i < window:
+            y = x + h * vel(x, t, g1)
+            x = y - h * vel(y, sigmas[i + 1] * scale, g2)
+        x = x + h * vel(x, t, g1)
+    return target.decode(x, "pt")
+
+
 def bootstrap_ci(wins: np.ndarray, seed: int = 0, n: int = 10000) -> tuple[float, float]:
     """95% percentile bootstrap CI of the mean of ``wins``."""
     rng = np.random.default_rng(seed)
@@ -448,7 +489,8 @@ def sample_images(
 ) -> torch.Tensor:
     """Images in [0, 1] from ``zsampling.sample`` or, with ``--eval-sampler reference``, the reference loop."""
     if args.eval_sampler == "reference":
-        return reference_sample(pipe, classes, args.seed, args.eval_steps, args.eval_g1, g2, window)
+        ref = reference_sample_flow if pipe.family == "flow" else reference_sample
+        return ref(pipe, classes, args.seed, args.eval_steps, args.eval_g1, g2, window)
     import zsampling
 
     out = zsampling.sample(
@@ -458,7 +500,7 @@ def sample_images(
         guidance_scale=args.eval_g1,
         inversion_guidance_scale=g2,
         zigzag_steps=window,
-        zag="official",
+        zag="euler" if pipe.family == "flow" else "official",
         generator=torch.Generator().manual_seed(args.seed),
         output_type="pt",
         progress=False,
@@ -467,13 +509,16 @@ def sample_images(
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    """Alignment of standard vs Z-Sampling (g2 = 0, full window, one round, "official" zag),
+    """Alignment of standard vs Z-Sampling (g2 = 0, full window, one round, "official" zag;
+    "euler" for a flow model),
     and its trends in the window lambda and in g2; ``eval_per_class`` fixed-seed samples per digit."""
     from zsampling.denoisers.demo import load_demo_pipeline
     from zsampling.metrics.demo import DigitAlignment, digit_accuracy, frechet_distance, nearest_neighbour_distance
 
     pipe = load_demo_pipeline(model_dir=args.out)
-    align = DigitAlignment(model_dir=args.out)
+    # A flow model shares the DDIM model's metric arrays (same data).
+    metrics_dir = args.out if (args.out / METRICS_FILE).exists() else DEMO_MODEL_DIR
+    align = DigitAlignment(model_dir=metrics_dir)
     classes = [c for c in range(10) for _ in range(args.eval_per_class)]
     prompts = [str(c) for c in classes]
     T, g1 = args.eval_steps, args.eval_g1
@@ -486,9 +531,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             cache[(g2, window)] = {
                 "scores": scores,
                 "alignment": round(float(scores.mean()), 4),
-                "accuracy": round(float(digit_accuracy(imgs, prompts, model_dir=args.out).mean()), 4),
-                "frechet_pca": round(frechet_distance(imgs, model_dir=args.out), 4),
-                "nn_distance": round(float(nearest_neighbour_distance(imgs, model_dir=args.out).mean()), 4),
+                "accuracy": round(float(digit_accuracy(imgs, prompts, model_dir=metrics_dir).mean()), 4),
+                "frechet_pca": round(frechet_distance(imgs, model_dir=metrics_dir), 4),
+                "nn_distance": round(float(nearest_neighbour_distance(imgs, model_dir=metrics_dir).mean()), 4),
             }
         return cache[(g2, window)]
 
@@ -505,8 +550,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "sampler": "zsampling.sample" if args.eval_sampler == "zsampling" else "reference loop (this script)",
         "g1": g1,
         "steps": T,
+        "family": pipe.family,
         "eta": 0.0,
-        "zag": "official",
+        "zag": "euler" if pipe.family == "flow" else "official",
         "rounds": 1,
         "samples": len(classes),
         "seed": args.seed,
@@ -519,12 +565,19 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 def effect_markdown(result: dict[str, Any], command: str) -> str:
     """TRAINING.md section with the measured Z-Sampling effect."""
+    flow = result.get("family") == "flow"
+    setting = (
+        f'T = {result["steps"]} Euler steps (flow matching), g1 = {result["g1"]}, one round, "euler" zag '
+        "evaluated at the next sigma"
+        if flow
+        else f'T = {result["steps"]} DDIM steps, eta 0, g1 = {result["g1"]}, one round, "official" zag'
+    )
     lines = [
         EFFECT_HEADER,
         "",
         f"Measured with `{command}` ({result['sampler']}): {result['samples']} samples "
-        f"({result['samples'] // 10} per digit, generator seed {result['seed']}), T = {result['steps']} DDIM steps, "
-        f'eta 0, g1 = {result["g1"]}, one round, "official" zag. Alignment = classifier probability of the '
+        f"({result['samples'] // 10} per digit, generator seed {result['seed']}), {setting}. "
+        "Alignment = classifier probability of the "
         "prompted digit; win rate = fraction of paired samples (same initial noise) where alignment beats "
         "standard sampling, with a 95% bootstrap CI.",
         "",
