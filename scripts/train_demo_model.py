@@ -1,14 +1,24 @@
 """Train the shipped offline demo model and fit the demo metrics.
 
     python scripts/train_demo_model.py --out zsampling/demo_model
+    python scripts/train_demo_model.py --family flow --out zsampling/demo_model_flow
+
+``--family ddim`` (the default) trains epsilon prediction under the DDPM
+forward process (``DDIMScheduler``); ``--family flow`` trains the same UNet
+on the same data with the rectified-flow loss: ``x_sigma = (1 - sigma) x0 +
+sigma eps`` with sigma ~ U(0, 1), target velocity ``v = eps - x0``, network
+timestep input ``1000 * sigma`` as a float (the SD3 convention), sampled
+with a ``FlowMatchEulerDiscreteScheduler``. Both families use the same
+conditioner and condition dropout. A flow model shares the metric arrays of
+the DDIM model (same data), so ``--family flow`` does not write them.
 
 writes, into ``--out``:
 
 - ``weights.safetensors``: the UNet (keys ``unet.*``, EMA weights) and the
   class embedding (``conditioner.*``), float32;
-- ``config.json``: UNet, conditioner and DDIMScheduler configs plus a
+- ``config.json``: family, UNet, conditioner and scheduler configs plus a
   training summary;
-- ``metrics.safetensors``: plain arrays of the demo metrics (standardiser and
+- ``metrics.safetensors`` (``--family ddim`` only): plain arrays of the demo metrics (standardiser and
   logistic-regression classifier, PCA, PCA statistics of the data, the data
   itself as uint8 for nearest-neighbour distances, held-out indices);
 - ``training_log.csv``: loss curve;
@@ -19,8 +29,9 @@ Everything is deterministic for a given seed, torch build and thread count
 without retraining the UNet. ``--evaluate`` measures the Z-Sampling effect
 (standard vs zigzag alignment) of the model in ``--out`` with
 ``zsampling.sample`` (or, with ``--eval-sampler reference``, a self-contained
-reference loop that follows DESIGN.md's "official" operator), prints a JSON
-summary and records it in TRAINING.md.
+reference loop that follows DESIGN.md's "official" operator for DDIM and its
+"euler" operator, evaluated at the next sigma, for flow matching), prints a
+JSON summary and records it in TRAINING.md.
 """
 
 from __future__ import annotations
@@ -44,7 +55,14 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from zsampling.demo_model import CONFIG_FILE, METRICS_FILE, NULL_CLASS, WEIGHTS_FILE  # noqa: E402
+from zsampling.demo_model import (  # noqa: E402
+    CONFIG_FILE,
+    DEMO_MODEL_DIR,
+    FLOW_DEMO_MODEL_DIR,
+    METRICS_FILE,
+    NULL_CLASS,
+    WEIGHTS_FILE,
+)
 from zsampling.denoisers.demo import ClassConditioner, build_scheduler, build_unet  # noqa: E402
 
 SCHEDULER_CONFIG: dict[str, Any] = {
@@ -59,11 +77,30 @@ SCHEDULER_CONFIG: dict[str, Any] = {
     "prediction_type": "epsilon",
 }
 
+FLOW_SCHEDULER_CONFIG: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "shift": 1.0,
+    "use_dynamic_shifting": False,
+    "stochastic_sampling": False,
+}
+"""FlowMatchEulerDiscreteScheduler of the flow family: no shift (8x8 images need none), no dynamic shifting."""
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (defaults are the shipped model's)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=REPO / "zsampling" / "demo_model")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: zsampling/demo_model, or zsampling/demo_model_flow with --family flow)",
+    )
+    p.add_argument(
+        "--family",
+        choices=("ddim", "flow"),
+        default="ddim",
+        help="ddim: epsilon prediction, DDPM loss; flow: rectified-flow velocity, sigma ~ U(0, 1)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=2000, help="optimiser steps")
     p.add_argument("--batch-size", type=int, default=128)
@@ -89,7 +126,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--eval-steps", type=int, default=25)
     p.add_argument("--eval-per-class", type=int, default=20)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.out is None:
+        args.out = DEMO_MODEL_DIR if args.family == "ddim" else FLOW_DEMO_MODEL_DIR
+    return args
 
 
 # --------------------------------------------------------------------------- data
@@ -156,26 +196,46 @@ def ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: floa
             ema[name].copy_(value)
 
 
+def noisy_batch(
+    family: str, x0: torch.Tensor, ab: torch.Tensor | None, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_t, network timestep, regression target) of one training batch.
+
+    ddim: t ~ U{0..999} (long), ``x_t = sqrt(ab) x0 + sqrt(1 - ab) eps``, target eps.
+    flow: sigma ~ U(0, 1), ``x_t = (1 - sigma) x0 + sigma eps``, timestep ``1000 sigma``
+    (float), target ``v = eps - x0``.
+    """
+    n = x0.shape[0]
+    if family == "ddim":
+        assert ab is not None
+        t = torch.randint(0, ab.shape[0], (n,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        a = ab[t].view(-1, 1, 1, 1)
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise, t, noise
+    sigma = torch.rand(n, generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    s = sigma.view(-1, 1, 1, 1)
+    return (1 - s) * x0 + s * noise, sigma * FLOW_SCHEDULER_CONFIG["num_train_timesteps"], noise - x0
+
+
 @torch.no_grad()
 def eval_loss(
     unet: torch.nn.Module,
     cond: ClassConditioner,
     data: torch.Tensor,
     labels: torch.Tensor,
-    ab: torch.Tensor,
+    ab: torch.Tensor | None,
     seed: int,
+    family: str = "ddim",
 ) -> float:
-    """DDPM loss on every image once with fixed (t, noise): a comparable final loss."""
+    """Training loss (see ``noisy_batch``) on every image once with fixed (t, noise): a comparable final loss."""
     gen = torch.Generator().manual_seed(seed + 12345)
-    t = torch.randint(0, ab.shape[0], (data.shape[0],), generator=gen)
-    noise = torch.randn(data.shape, generator=gen)
-    a = ab[t].view(-1, 1, 1, 1)
-    x_t = a.sqrt() * data + (1 - a).sqrt() * noise
+    x_t, t, target = noisy_batch(family, data, ab, gen)
     total = 0.0
     for s in range(0, data.shape[0], 512):
-        e = unet(x_t[s : s + 512], t[s : s + 512], encoder_hidden_states=cond(labels[s : s + 512])).sample
-        total += float(((e - noise[s : s + 512]) ** 2).sum())
-    return total / noise.numel()
+        out = unet(x_t[s : s + 512], t[s : s + 512], encoder_hidden_states=cond(labels[s : s + 512])).sample
+        total += float(((out - target[s : s + 512]) ** 2).sum())
+    return total / target.numel()
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
@@ -189,8 +249,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     ucfg = unet_config(channels, args.cross_dim)
     unet = build_unet(ucfg)
     cond = ClassConditioner(num_embeddings=NULL_CLASS + 1, num_tokens=args.tokens, dim=args.cross_dim)
-    scheduler = build_scheduler(SCHEDULER_CONFIG)
-    ab = scheduler.alphas_cumprod.float()
+    scheduler_config = SCHEDULER_CONFIG if args.family == "ddim" else FLOW_SCHEDULER_CONFIG
+    scheduler = build_scheduler(scheduler_config, family=args.family)
+    ab = scheduler.alphas_cumprod.float() if args.family == "ddim" else None
     params = list(unet.parameters()) + list(cond.parameters())
     n_params = sum(p.numel() for p in params)
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
@@ -206,13 +267,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         x0 = random_shift(data[idx], args.shift_prob, gen)
         c = targets[idx].clone()
         c[torch.rand(args.batch_size, generator=gen) < args.cond_dropout] = NULL_CLASS
-        t = torch.randint(0, ab.shape[0], (args.batch_size,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        a = ab[t].view(-1, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        x_t, t, target = noisy_batch(args.family, x0, ab, gen)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args)
-        loss = torch.nn.functional.mse_loss(unet(x_t, t, encoder_hidden_states=cond(c)).sample, noise)
+        loss = torch.nn.functional.mse_loss(unet(x_t, t, encoder_hidden_states=cond(c)).sample, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -230,7 +288,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     cond.load_state_dict(ema_c)
     unet.eval()
     cond.eval()
-    final_eval = eval_loss(unet, cond, data, targets, ab, args.seed)
+    final_eval = eval_loss(unet, cond, data, targets, ab, args.seed, args.family)
     tail = running[-200:]
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -238,6 +296,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     tensors.update({f"conditioner.{k}": v.contiguous() for k, v in cond.state_dict().items()})
     save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "zsampling-demo-v1"})
     summary = {
+        "family": args.family,
         "seed": args.seed,
         "steps": args.steps,
         "batch_size": args.batch_size,
@@ -253,17 +312,18 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "final_train_loss_last200": round(sum(tail) / len(tail), 5),
         "final_eval_loss_ema": round(final_eval, 5),
     }
-    config = {
+    config: dict[str, Any] = {
         "format": "zsampling-demo-v1",
         "description": "class-conditional UNet2DConditionModel on scikit-learn digits (8x8, [-1, 1])",
         "image_size": 8,
         "data_range": [-1.0, 1.0],
         "null_class": NULL_CLASS,
-        "unet": ucfg,
-        "conditioner": cond.config(),
-        "scheduler": SCHEDULER_CONFIG,
-        "training": summary,
     }
+    if args.family == "flow":
+        config["family"] = "flow"
+        config["parameterisation"] = "velocity v = eps - x0 under x_sigma = (1 - sigma) x0 + sigma eps"
+        config["timestep_input"] = "1000 * sigma (float)"
+    config.update({"unet": ucfg, "conditioner": cond.config(), "scheduler": scheduler_config, "training": summary})
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     with open(out / "training_log.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -373,6 +433,46 @@ def reference_sample(
     return target.decode(x, "pt")
 
 
+def reference_sample_flow(
+    pipe: Any,
+    classes: list[int],
+    seed: int,
+    steps: int,
+    g1: float,
+    g2: float = 0.0,
+    window: int = 0,
+) -> torch.Tensor:
+    """Standard (window 0) or Z-Sampling with the "euler" zag (evaluated at sigma_{i+1}),
+    one round, on a flow-matching demo model; images in [0, 1].
+
+    Zig ``y = x + (s_{i+1} - s_i) v_g1(x, s_i)``, zag ``x' = y - (s_{i+1} - s_i)
+    v_g2(y, s_{i+1})`` (DESIGN.md, "Flow matching"), then the ordinary Euler step;
+    initial latents N(0, I), sigmas and timesteps from the scheduler.
+    """
+    from zsampling.denoisers.base import Branches
+
+    prompts = [str(c) for c in classes]
+    target = pipe.prepare_zsampling(prompts, None, None, None)
+    sch = target.scheduler
+    sch.set_timesteps(steps)
+    sigmas = [float(s) for s in sch.sigmas]
+    ts = [float(t) for t in sch.timesteps]
+    scale = float(sch.config.num_train_timesteps)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn((len(classes), 1, 8, 8), generator=gen)
+
+    def vel(z: torch.Tensor, t: float, g: float) -> torch.Tensor:
+        return target.denoiser(z, t, Branches.for_guidance(g)).guided(g)
+
+    for i, t in enumerate(ts):
+        h = sigmas[i + 1] - sigmas[i]
+        if i < window:
+            y = x + h * vel(x, t, g1)
+            x = y - h * vel(y, sigmas[i + 1] * scale, g2)
+        x = x + h * vel(x, t, g1)
+    return target.decode(x, "pt")
+
+
 def bootstrap_ci(wins: np.ndarray, seed: int = 0, n: int = 10000) -> tuple[float, float]:
     """95% percentile bootstrap CI of the mean of ``wins``."""
     rng = np.random.default_rng(seed)
@@ -389,7 +489,8 @@ def sample_images(
 ) -> torch.Tensor:
     """Images in [0, 1] from ``zsampling.sample`` or, with ``--eval-sampler reference``, the reference loop."""
     if args.eval_sampler == "reference":
-        return reference_sample(pipe, classes, args.seed, args.eval_steps, args.eval_g1, g2, window)
+        ref = reference_sample_flow if pipe.family == "flow" else reference_sample
+        return ref(pipe, classes, args.seed, args.eval_steps, args.eval_g1, g2, window)
     import zsampling
 
     out = zsampling.sample(
@@ -399,7 +500,7 @@ def sample_images(
         guidance_scale=args.eval_g1,
         inversion_guidance_scale=g2,
         zigzag_steps=window,
-        zag="official",
+        zag="euler" if pipe.family == "flow" else "official",
         generator=torch.Generator().manual_seed(args.seed),
         output_type="pt",
         progress=False,
@@ -408,13 +509,16 @@ def sample_images(
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    """Alignment of standard vs Z-Sampling (g2 = 0, full window, one round, "official" zag),
+    """Alignment of standard vs Z-Sampling (g2 = 0, full window, one round, "official" zag;
+    "euler" for a flow model),
     and its trends in the window lambda and in g2; ``eval_per_class`` fixed-seed samples per digit."""
     from zsampling.denoisers.demo import load_demo_pipeline
     from zsampling.metrics.demo import DigitAlignment, digit_accuracy, frechet_distance, nearest_neighbour_distance
 
     pipe = load_demo_pipeline(model_dir=args.out)
-    align = DigitAlignment(model_dir=args.out)
+    # A flow model shares the DDIM model's metric arrays (same data).
+    metrics_dir = args.out if (args.out / METRICS_FILE).exists() else DEMO_MODEL_DIR
+    align = DigitAlignment(model_dir=metrics_dir)
     classes = [c for c in range(10) for _ in range(args.eval_per_class)]
     prompts = [str(c) for c in classes]
     T, g1 = args.eval_steps, args.eval_g1
@@ -427,9 +531,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             cache[(g2, window)] = {
                 "scores": scores,
                 "alignment": round(float(scores.mean()), 4),
-                "accuracy": round(float(digit_accuracy(imgs, prompts, model_dir=args.out).mean()), 4),
-                "frechet_pca": round(frechet_distance(imgs, model_dir=args.out), 4),
-                "nn_distance": round(float(nearest_neighbour_distance(imgs, model_dir=args.out).mean()), 4),
+                "accuracy": round(float(digit_accuracy(imgs, prompts, model_dir=metrics_dir).mean()), 4),
+                "frechet_pca": round(frechet_distance(imgs, model_dir=metrics_dir), 4),
+                "nn_distance": round(float(nearest_neighbour_distance(imgs, model_dir=metrics_dir).mean()), 4),
             }
         return cache[(g2, window)]
 
@@ -446,8 +550,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "sampler": "zsampling.sample" if args.eval_sampler == "zsampling" else "reference loop (this script)",
         "g1": g1,
         "steps": T,
+        "family": pipe.family,
         "eta": 0.0,
-        "zag": "official",
+        "zag": "euler" if pipe.family == "flow" else "official",
         "rounds": 1,
         "samples": len(classes),
         "seed": args.seed,
@@ -460,12 +565,19 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 def effect_markdown(result: dict[str, Any], command: str) -> str:
     """TRAINING.md section with the measured Z-Sampling effect."""
+    flow = result.get("family") == "flow"
+    setting = (
+        f'T = {result["steps"]} Euler steps (flow matching), g1 = {result["g1"]}, one round, "euler" zag '
+        "evaluated at the next sigma"
+        if flow
+        else f'T = {result["steps"]} DDIM steps, eta 0, g1 = {result["g1"]}, one round, "official" zag'
+    )
     lines = [
         EFFECT_HEADER,
         "",
         f"Measured with `{command}` ({result['sampler']}): {result['samples']} samples "
-        f"({result['samples'] // 10} per digit, generator seed {result['seed']}), T = {result['steps']} DDIM steps, "
-        f'eta 0, g1 = {result["g1"]}, one round, "official" zag. Alignment = classifier probability of the '
+        f"({result['samples'] // 10} per digit, generator seed {result['seed']}), {setting}. "
+        "Alignment = classifier probability of the "
         "prompted digit; win rate = fraction of paired samples (same initial noise) where alignment beats "
         "standard sampling, with a 95% bootstrap CI.",
         "",
@@ -524,8 +636,28 @@ def write_training_md(
     import sklearn
 
     out = args.out
+    flow = args.family == "flow"
+    if flow:
+        loss_text = "rectified-flow velocity MSE"
+        objective = (
+            "- objective: velocity prediction `v = eps - x0` under `x_sigma = (1 - sigma) x0 + sigma eps`, "
+            "sigma uniform in [0, 1), network timestep input `1000 * sigma` (float), MSE loss, condition dropout "
+            "to the null class"
+        )
+        schedule = (
+            "- schedule: `FlowMatchEulerDiscreteScheduler` config in `config.json` -> `scheduler` (shift 1.0, "
+            "no dynamic shifting); sample with Euler moves `x_to = x + (sigma_to - sigma_from) v` from N(0, I)"
+        )
+        metrics_file = DEMO_MODEL_DIR / METRICS_FILE
+    else:
+        loss_text = "DDPM epsilon MSE"
+        objective = (
+            "- objective: epsilon prediction, DDPM MSE loss, t uniform in [0, 999], condition dropout to the null class"
+        )
+        schedule = "- schedule: `DDIMScheduler` config in `config.json` -> `scheduler` (clip_sample False)"
+        metrics_file = out / METRICS_FILE
     lines = [
-        "# Demo model: how it was trained",
+        "# Demo model: how it was trained" + (" (flow matching)" if flow else ""),
         "",
         "Generated by `scripts/train_demo_model.py`; do not edit by hand (re-run the command instead). The last "
         "section is added by `--evaluate`, which must be re-run after retraining.",
@@ -541,12 +673,12 @@ def write_training_md(
         f"- wall time: {total_seconds:.1f} s in total ({train.get('train_seconds', 0.0):.1f} s of UNet training), "
         f"{train.get('threads', args.threads)} CPU thread(s) on `{platform.processor() or platform.machine()}` "
         f"({os.cpu_count()} cores, shared with other jobs)",
-        f"- final loss: {train.get('final_eval_loss_ema', float('nan')):.4f} (EMA weights, DDPM epsilon MSE over all "
+        f"- final loss: {train.get('final_eval_loss_ema', float('nan')):.4f} (EMA weights, {loss_text} over all "
         f"1797 images, fixed t and noise); last-200-step training loss "
         f"{train.get('final_train_loss_last200', float('nan')):.4f}",
         f"- parameters: {train.get('parameters', 0):,} (UNet + class embedding); "
         f"`{WEIGHTS_FILE}` {file_size(out / WEIGHTS_FILE) / 1e6:.2f} MB, `{METRICS_FILE}` "
-        f"{file_size(out / METRICS_FILE) / 1e6:.2f} MB",
+        f"{file_size(metrics_file) / 1e6:.2f} MB" + (" (shared: `zsampling/demo_model`)" if flow else ""),
         f"- versions: python {platform.python_version()}, torch {torch.__version__}, diffusers "
         f"{diffusers.__version__}, scikit-learn {sklearn.__version__}",
         "",
@@ -555,8 +687,8 @@ def write_training_md(
         "- data: `sklearn.datasets.load_digits` (1797 images, 8x8, values 0..16) scaled to [-1, 1]",
         "- network: diffusers `UNet2DConditionModel` (see `config.json` -> `unet`), cross-attention on a "
         "learned class embedding (`nn.Embedding(11, tokens * dim)`: 10 digits + null class 10)",
-        "- objective: epsilon prediction, DDPM MSE loss, t uniform in [0, 999], condition dropout to the null class",
-        "- schedule: `DDIMScheduler` config in `config.json` -> `scheduler` (clip_sample False)",
+        objective,
+        schedule,
         "- optimiser: AdamW, linear warm-up then cosine decay, grad-norm clip 1.0; EMA weights are shipped",
         "",
         "```json",
@@ -565,6 +697,11 @@ def write_training_md(
         "",
         "## Metrics arrays",
         "",
+        *(
+            ["The flow model is trained on the same data and uses the metric arrays of `zsampling/demo_model`:", ""]
+            if flow
+            else []
+        ),
         "```json",
         json.dumps(metrics, indent=2),
         "```",
@@ -582,6 +719,8 @@ def main(argv: list[str] | None = None) -> None:
         record_effect(args.out, result, command)
         print(json.dumps(result, indent=2))
         return
+    if args.family == "flow" and args.metrics_only:
+        raise SystemExit("--metrics-only applies to --family ddim: the flow model shares zsampling/demo_model's arrays")
     start = time.perf_counter()
     train_summary: dict[str, Any] = {}
     if args.metrics_only:
@@ -591,7 +730,10 @@ def main(argv: list[str] | None = None) -> None:
         train_summary = train(args)
         train_summary["command"] = command
     args.out.mkdir(parents=True, exist_ok=True)
-    metrics_summary = fit_metrics(args.out, args.seed)
+    if args.family == "flow":
+        metrics_summary = {"arrays": f"{DEMO_MODEL_DIR.name}/{METRICS_FILE} (shared with the DDIM model: same data)"}
+    else:
+        metrics_summary = fit_metrics(args.out, args.seed)
     total = time.perf_counter() - start
     if args.metrics_only and train_summary:
         total = float(train_summary.get("total_seconds", total))

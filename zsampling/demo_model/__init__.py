@@ -18,6 +18,14 @@ from pathlib import Path
 DEMO_MODEL_DIR: Path = Path(__file__).resolve().parent
 """Directory holding the shipped demo model files."""
 
+FLOW_DEMO_MODEL_DIR: Path = DEMO_MODEL_DIR.parent / "demo_model_flow"
+"""Directory holding the flow-matching demo model (same data, rectified-flow loss); its
+metric arrays are the ones in ``DEMO_MODEL_DIR``."""
+
+DEMO_FAMILIES: tuple[str, ...] = ("ddim", "flow")
+"""Demo model families: epsilon prediction with a DDIMScheduler, or velocity with a
+FlowMatchEulerDiscreteScheduler."""
+
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.safetensors"

@@ -33,6 +33,27 @@ paper's w = g - 1), exactly.
 :class:`GaussianMixtureModel` is pipeline-like: ``zsampling.sample(model,
 "0", output_type="pt", ...)`` works unchanged. Its samples are points, so
 decode to "pt", "np" or "latent" ("pil" is refused).
+
+Flow matching: :class:`FlowGaussianMixtureModel` is the same mixture under the
+rectified-flow interpolant of SD3 / Flux (``x_sigma = (1 - sigma) x0 + sigma
+n``, sigma in [0, 1]), whose marginal is
+
+    p_sigma(x) = sum_k pi_k N(x; (1 - sigma) mu_k, S_k),
+    S_k = (1 - sigma)^2 Sigma_k + sigma^2 I.
+
+Its denoiser returns the exact velocity ``v(x, sigma) = E[n - x0 | x_sigma =
+x]`` (the flow model's native output). By linear-Gaussian conditioning inside
+component k (``Cov(n - x0, x | k) = sigma I - (1 - sigma) Sigma_k``),
+
+    v(x, sigma) = sum_k r_k(x) [(sigma I - (1 - sigma) Sigma_k) S_k^{-1}
+                                (x - (1 - sigma) mu_k) - mu_k],
+
+which equals ``-(x + sigma grad log p_sigma(x)) / (1 - sigma)`` for sigma < 1
+(Tweedie: ``E[n | x] = -sigma grad log p``, ``E[x0 | x] = (x + sigma^2 grad
+log p) / (1 - sigma)``) and stays finite at sigma = 1, where S_k = I, r_k =
+pi_k and ``v = x - sum_k pi_k mu_k``. The denoiser takes the scheduler's
+timestep ``t = 1000 sigma`` (a float, SD3's convention); the scheduler is a
+``FlowMatchEulerDiscreteScheduler`` (shift 1.0 by default).
 """
 
 from __future__ import annotations
@@ -46,7 +67,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler
+from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
 from zsampling.denoisers.base import Branches, EpsPair
 from zsampling.schedule import DDIMSchedule
@@ -72,6 +93,16 @@ DEFAULT_SCHEDULER_CONFIG: dict[str, Any] = {
 1e-4..0.02) with diffusers' SD DDIM settings ("leading" spacing, offset 1,
 final alpha ab[0]) and clipping off, as Z-Sampling's inversion needs."""
 
+DEFAULT_FLOW_SCHEDULER_CONFIG: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "shift": 1.0,
+    "use_dynamic_shifting": False,
+    "stochastic_sampling": False,
+}
+"""The flow model's default ``FlowMatchEulerDiscreteScheduler``: uniform sigmas
+(shift 1.0; pass e.g. ``{"shift": 3.0}`` for SD3's), no dynamic shifting, and
+deterministic Euler steps."""
+
 _LOG_2PI = math.log(2.0 * math.pi)
 _CACHE_SIZE = 4096
 _PREFIX = re.compile(r"^components?\s+", re.IGNORECASE)
@@ -80,10 +111,11 @@ _SEPARATOR = re.compile(r"\s*[,+]\s*")
 
 @dataclass(frozen=True)
 class _Noised:
-    """The mixture's components at one noise level a: S_k = a Sigma_k + (1-a) I."""
+    """The mixture's components at one noise level of ``x = c x0 + s n``:
+    means c mu_k, S_k = c^2 Sigma_k + s^2 I (DDIM: c^2 = a, s^2 = 1 - a)."""
 
-    alpha_bar: float
-    means: torch.Tensor  # (K, d): sqrt(a) mu_k
+    alpha_bar: float  # c^2 (DDIM's a; (1 - sigma)^2 for flow matching)
+    means: torch.Tensor  # (K, d): c mu_k
     precisions: torch.Tensor  # (K, d, d): S_k^{-1}
     log_norm: torch.Tensor  # (K,): -0.5 (log det S_k + d log 2 pi)
 
@@ -147,7 +179,7 @@ class GaussianMixtureModel:
         self.component_names = _check_names(component_names, k)
         self.scheduler = _make_scheduler(scheduler)
         self._alphas = self.scheduler.alphas_cumprod.to(torch.float64)
-        self._cache: dict[float, _Noised] = {}
+        self._cache: dict[float | tuple[str, float], _Noised] = {}
         self._selections: dict[str, tuple[int, ...]] = {}
 
     # ------------------------------------------------------------------ construction
@@ -400,13 +432,17 @@ class GaussianMixtureModel:
         uncond = self._stack_log_weights(["" if p is None else p for p in negative_prompts])
         return GaussianMixtureTarget(
             model=self,
-            denoiser=GaussianMixtureDenoiser(self, uncond, cond),
+            denoiser=self._make_denoiser(uncond, cond),
             scheduler=self.scheduler,
             batch_size=len(prompts),
             latent_shape=self.latent_shape,
             dtype=self.dtype,
             device=self.device,
         )
+
+    def _make_denoiser(self, uncond: torch.Tensor, cond: torch.Tensor) -> GaussianMixtureDenoiser:
+        """The exact-eps denoiser for encoded (log-weight) prompt rows."""
+        return GaussianMixtureDenoiser(self, uncond, cond)
 
     def _stack_log_weights(self, prompts: Sequence[str]) -> torch.Tensor:
         rows: dict[str, torch.Tensor] = {}
@@ -426,21 +462,29 @@ class GaussianMixtureModel:
         return x.to(device=self.device, dtype=torch.float64)
 
     def _noised(self, a: float) -> _Noised:
-        if a not in self._cache:
-            if len(self._cache) >= _CACHE_SIZE:  # only arbitrary alpha_bar queries can grow it this far
+        """DDIM noise level a = ab[t]: means sqrt(a) mu_k, S_k = a Sigma_k + (1 - a) I."""
+        return self._level(a, math.sqrt(a), a, 1.0 - a)
+
+    def _level(self, key: float | tuple[str, float], data_scale: float, data_var: float,
+               noise_var: float) -> _Noised:
+        """Cached components of ``x = c x0 + s n``: means c mu_k, S_k = c^2 Sigma_k + s^2 I
+        (``data_scale`` = c, ``data_var`` = c^2, ``noise_var`` = s^2, passed separately so
+        that each family's expressions are exact)."""
+        if key not in self._cache:
+            if len(self._cache) >= _CACHE_SIZE:  # only arbitrary noise-level queries can grow it this far
                 self._cache.clear()
             eye = torch.eye(self.dim, dtype=torch.float64, device=self.device)
-            s = a * self.covariances + (1.0 - a) * eye
+            s = data_var * self.covariances + noise_var * eye
             chol = torch.linalg.cholesky(s)
             precisions = torch.cholesky_inverse(chol)
             log_det = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
-            self._cache[a] = _Noised(
-                alpha_bar=a,
-                means=math.sqrt(a) * self.means,
+            self._cache[key] = _Noised(
+                alpha_bar=data_var,
+                means=data_scale * self.means,
                 precisions=0.5 * (precisions + precisions.transpose(-1, -2)),
                 log_norm=-0.5 * (log_det + self.dim * _LOG_2PI),
             )
-        return self._cache[a]
+        return self._cache[key]
 
     @staticmethod
     def _component_terms(x: torch.Tensor, noised: _Noised) -> tuple[torch.Tensor, torch.Tensor]:
@@ -493,8 +537,8 @@ class GaussianMixtureTarget:
     """A :class:`GaussianMixtureModel` with its prompts encoded (a ``SamplingTarget``)."""
 
     model: GaussianMixtureModel
-    denoiser: GaussianMixtureDenoiser
-    scheduler: DDIMScheduler
+    denoiser: GaussianMixtureDenoiser | FlowGaussianMixtureDenoiser
+    scheduler: DDIMScheduler | FlowMatchEulerDiscreteScheduler
     batch_size: int
     latent_shape: tuple[int, ...]
     dtype: torch.dtype
@@ -504,9 +548,10 @@ class GaussianMixtureTarget:
     def decode(self, latents: torch.Tensor, output_type: str) -> torch.Tensor | np.ndarray:
         """The sampled points: the tensor for "pt"/"latent", a numpy array for "np".
 
-        The points are the final DDIM latents at the scheduler's final alpha
-        (ab[0] = 0.9999 with the default set_alpha_to_one=False), as diffusers
-        pipelines decode them; no rescaling.
+        The points are the final latents: for DDIM at the scheduler's final
+        alpha (ab[0] = 0.9999 with the default set_alpha_to_one=False), as
+        diffusers pipelines decode them; for flow matching at sigma = 0; no
+        rescaling.
         """
         if output_type not in self.output_types:
             raise ValueError(f"output_type must be one of {self.output_types} for points, got {output_type!r}")
@@ -573,4 +618,202 @@ def _make_scheduler(scheduler: DDIMScheduler | Mapping[str, Any] | None) -> DDIM
             "GaussianMixtureModel returns eps, so its scheduler must have prediction_type='epsilon', "
             f"got {scheduler.config.prediction_type!r}"
         )
+    return scheduler
+
+
+class FlowGaussianMixtureModel(GaussianMixtureModel):
+    """The Gaussian mixture under the rectified-flow interpolant, with exact velocities.
+
+    ``x_sigma = (1 - sigma) x0 + sigma n`` (SD3 / Flux, diffusers'
+    ``FlowMatchEulerDiscreteScheduler``); see the module docstring for the
+    marginal and the closed-form velocity. Prompts, negative prompts, data
+    sampling, ``posterior`` and decoding are those of
+    :class:`GaussianMixtureModel`; the noise level is sigma in [0, 1] (given as
+    ``sigma=`` or as the timestep ``t = num_train_timesteps * sigma``) instead
+    of DDIM's alpha_bar. ``zsampling.sample`` drives it through the
+    ``SamplingTarget`` of :meth:`prepare_zsampling`, whose denoiser returns
+    velocities and whose initial latents are plain N(0, I).
+
+    Args:
+        weights, means, covariances, component_names, dtype, device: as for
+            :class:`GaussianMixtureModel`.
+        scheduler: a ``FlowMatchEulerDiscreteScheduler`` without dynamic
+            shifting or stochastic sampling, or a mapping of config overrides
+            applied to :data:`DEFAULT_FLOW_SCHEDULER_CONFIG` (e.g.
+            ``{"shift": 3.0}``), or None for that default (shift 1.0).
+    """
+
+    def __init__(
+        self,
+        weights: ArrayLike,
+        means: ArrayLike,
+        covariances: ArrayLike,
+        *,
+        scheduler: FlowMatchEulerDiscreteScheduler | Mapping[str, Any] | None = None,
+        component_names: Sequence[str] | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        flow_scheduler = _make_flow_scheduler(scheduler)
+        super().__init__(
+            weights, means, covariances, scheduler=None, component_names=component_names, dtype=dtype, device=device
+        )
+        self.scheduler = flow_scheduler
+        self._alphas = torch.empty(0, dtype=torch.float64)  # no alpha_bar table: noise levels are sigmas
+        self.num_train_timesteps = int(flow_scheduler.config.num_train_timesteps)
+
+    @classmethod
+    def default(  # type: ignore[override]
+        cls,
+        d: int = 2,
+        num_components: int = 3,
+        *,
+        radius: float = 1.2,
+        std: float = 0.8,
+        weights: ArrayLike | None = None,
+        scheduler: FlowMatchEulerDiscreteScheduler | Mapping[str, Any] | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> FlowGaussianMixtureModel:
+        """The mixture of :meth:`GaussianMixtureModel.default` under the flow interpolant."""
+        base = GaussianMixtureModel.default(d, num_components, radius=radius, std=std, weights=weights, dtype=dtype,
+                                            device=device)
+        return cls(base.weights, base.means, base.covariances, scheduler=scheduler, dtype=dtype, device=device)
+
+    def __repr__(self) -> str:
+        return f"FlowGaussianMixtureModel(d={self.dim}, K={self.num_components}, dtype={self.dtype})"
+
+    # ------------------------------------------------------------------ noise levels
+
+    def alpha_bar(self, t: int | None = None, *, alpha_bar: float | None = None) -> float:
+        """Refused: a flow model's noise level is sigma (see :meth:`sigma`)."""
+        raise ValueError("FlowGaussianMixtureModel has no alpha_bar; give the noise level as sigma= or t = 1000 sigma")
+
+    def sigma(self, t: float | None = None, *, sigma: float | None = None) -> float:
+        """sigma = t / num_train_timesteps for a timestep t in [0, num_train_timesteps]; ``sigma``
+        directly (in [0, 1]); 0.0 (clean data) when both are None."""
+        if t is not None and sigma is not None:
+            raise ValueError("give the noise level as t or as sigma, not both")
+        if t is not None:
+            top = self.num_train_timesteps
+            if isinstance(t, bool) or not isinstance(t, numbers.Real) or not 0.0 <= float(t) <= top:
+                raise ValueError(f"t must be a timestep in [0, {self.num_train_timesteps}] (1000 sigma), got {t!r}")
+            return float(t) / self.num_train_timesteps
+        if sigma is None:
+            return 0.0
+        if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not 0.0 <= float(sigma) <= 1.0:
+            raise ValueError(f"sigma must be in [0, 1], got {sigma!r}")
+        return float(sigma)
+
+    def _flow_noised(self, sigma: float) -> _Noised:
+        """Components at sigma: means (1 - sigma) mu_k, S_k = (1 - sigma)^2 Sigma_k + sigma^2 I."""
+        c = 1.0 - sigma
+        return self._level(("flow", sigma), c, c * c, sigma * sigma)
+
+    # ------------------------------------------------------------------ exact quantities
+
+    def log_prob(self, x: torch.Tensor, t: float | None = None, components: Components = None, *,
+                 sigma: float | None = None) -> torch.Tensor:
+        """log p_sigma(x) of the (restricted) noised mixture, float64, shape (B,). No level: the clean data."""
+        noised = self._flow_noised(self.sigma(t, sigma=sigma))
+        log_n, _ = self._component_terms(self._as_points(x), noised)
+        return torch.logsumexp(log_n + self._log_weights(components), dim=1)
+
+    def score(self, x: torch.Tensor, t: float | None = None, components: Components = None, *,
+              sigma: float | None = None) -> torch.Tensor:
+        """grad_x log p_sigma(x) in closed form, float64, shape (B, d)."""
+        noised = self._flow_noised(self.sigma(t, sigma=sigma))
+        log_n, whitened = self._component_terms(self._as_points(x), noised)
+        return -_mix(log_n, whitened, self._log_weights(components)[None])
+
+    def eps(self, x: torch.Tensor, t: float | None = None, components: Components = None, *,
+            sigma: float | None = None) -> torch.Tensor:
+        """E[n | x_sigma = x] = -sigma grad log p_sigma(x), in x's dtype, shape (B, d)."""
+        s = self.sigma(t, sigma=sigma)
+        return (-s * self.score(x, sigma=s, components=components)).to(x.dtype)
+
+    def velocity(self, x: torch.Tensor, t: float | None = None, components: Components = None, *,
+                 sigma: float | None = None) -> torch.Tensor:
+        """The exact velocity E[n - x0 | x_sigma = x] (finite at sigma = 1), in x's dtype, shape (B, d)."""
+        s = self.sigma(t, sigma=sigma)
+        points = self._as_points(x)
+        log_n, whitened = self._component_terms(points, self._flow_noised(s))
+        v = _mix(log_n, self._velocity_terms(whitened, s), self._log_weights(components)[None])
+        return v.to(x.dtype)
+
+    def _velocity_terms(self, whitened: torch.Tensor, sigma: float) -> torch.Tensor:
+        """Per-component velocities (B, K, d): (sigma I - (1 - sigma) Sigma_k) S_k^{-1} d_k - mu_k."""
+        cov_w = torch.einsum("kij,bkj->bki", self.covariances, whitened)
+        return sigma * whitened - (1.0 - sigma) * cov_w - self.means[None]
+
+    def moments(self, components: Components = None, t: float | None = None, *,  # type: ignore[override]
+                sigma: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean (d,) and covariance (d, d) of the (restricted) mixture at sigma (clean data by default), float64."""
+        s = self.sigma(t, sigma=sigma)
+        w = torch.exp(self._log_weights(components))
+        m = (1.0 - s) * self.means
+        eye = torch.eye(self.dim, dtype=torch.float64, device=self.device)
+        cov = (1.0 - s) ** 2 * self.covariances + s * s * eye
+        mean = w @ m
+        second = torch.einsum("k,kij->ij", w, cov + m[:, :, None] * m[:, None, :])
+        return mean, second - torch.outer(mean, mean)
+
+    def _make_denoiser(self, uncond: torch.Tensor, cond: torch.Tensor) -> FlowGaussianMixtureDenoiser:
+        """The exact-velocity denoiser for encoded (log-weight) prompt rows."""
+        return FlowGaussianMixtureDenoiser(self, uncond, cond)
+
+
+class FlowGaussianMixtureDenoiser:
+    """The exact velocities v_u / v_c of a :class:`FlowGaussianMixtureModel` for encoded prompts.
+
+    The :class:`~zsampling.denoisers.base.Denoiser` protocol with the flow
+    convention: ``t`` is the scheduler's timestep ``num_train_timesteps * sigma``
+    (a float) and the ``EpsPair`` slots hold velocities ``v = E[n - x0 | x]``.
+    Only the requested branches are computed; ``network_rows`` counts batch x
+    branches per call.
+    """
+
+    def __init__(self, model: FlowGaussianMixtureModel, uncond_log_weights: torch.Tensor,
+                 cond_log_weights: torch.Tensor) -> None:
+        self.model = model
+        self._log_weights = {"uncond": uncond_log_weights, "cond": cond_log_weights}
+        self.network_rows = 0
+
+    def __call__(self, x: torch.Tensor, t: float, branches: Branches) -> EpsPair:
+        if branches.count == 0:
+            raise ValueError("a denoiser call needs at least one branch")
+        batch = self._log_weights["cond"].shape[0]
+        if x.ndim != 2 or x.shape[0] != batch:
+            raise ValueError(f"x must have shape ({batch}, {self.model.dim}) (the encoded batch), "
+                             f"got {tuple(x.shape)}")
+        sigma = self.model.sigma(float(t))
+        log_n, whitened = self.model._component_terms(self.model._as_points(x), self.model._flow_noised(sigma))
+        terms = self.model._velocity_terms(whitened, sigma)
+
+        def branch(name: str) -> torch.Tensor:
+            return _mix(log_n, terms, self._log_weights[name]).to(device=x.device, dtype=x.dtype)
+
+        self.network_rows += batch * branches.count
+        return EpsPair(
+            uncond=branch("uncond") if branches.uncond else None,
+            cond=branch("cond") if branches.cond else None,
+        )
+
+
+def _make_flow_scheduler(
+    scheduler: FlowMatchEulerDiscreteScheduler | Mapping[str, Any] | None,
+) -> FlowMatchEulerDiscreteScheduler:
+    if scheduler is None or isinstance(scheduler, Mapping):
+        scheduler = FlowMatchEulerDiscreteScheduler(**{**DEFAULT_FLOW_SCHEDULER_CONFIG, **(scheduler or {})})
+    if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+        raise ValueError(
+            f"FlowGaussianMixtureModel needs a FlowMatchEulerDiscreteScheduler (or a config mapping), "
+            f"got {type(scheduler).__name__}"
+        )
+    if scheduler.config.use_dynamic_shifting:
+        raise ValueError("FlowGaussianMixtureModel's scheduler must have use_dynamic_shifting=False (points have no "
+                         "image sequence length to compute mu from); set a fixed 'shift' instead")
+    if scheduler.config.stochastic_sampling:
+        raise ValueError("FlowGaussianMixtureModel's scheduler must have stochastic_sampling=False (deterministic "
+                         "Euler moves)")
     return scheduler

@@ -18,6 +18,14 @@ Prompts are ``"0"``-``"9"`` or ``"digit 0"``-``"digit 9"``; a negative prompt
 of ``None`` or ``""`` is the null class (the unconditional branch).
 ``scripts/train_demo_model.py`` rebuilds the weights; ``TRAINING.md`` in
 ``zsampling/demo_model`` records how the shipped ones were made.
+
+A second, flow-matching model of the same architecture on the same data ships
+in ``zsampling/demo_model_flow`` (``load_demo_pipeline(family="flow")``): it
+predicts the velocity ``v = eps - x0`` under ``x_sigma = (1 - sigma) x0 +
+sigma eps``, its scheduler is a ``FlowMatchEulerDiscreteScheduler`` (shift 1,
+no dynamic shifting), its denoiser takes the float timestep ``t = 1000 sigma``
+(the SD3 convention) and returns velocities in the ``EpsPair`` slots, and its
+initial latents are plain N(0, I).
 """
 
 from __future__ import annotations
@@ -33,7 +41,9 @@ from torch import nn
 
 from zsampling.demo_model import (
     CONFIG_FILE,
+    DEMO_FAMILIES,
     DEMO_MODEL_DIR,
+    FLOW_DEMO_MODEL_DIR,
     NULL_CLASS,
     WEIGHTS_FILE,
     negative_prompt_to_class,
@@ -107,12 +117,23 @@ class DemoDenoiser:
 
     Each call runs the requested branches as ONE batched UNet call (uncond rows
     first, then cond rows) and adds the rows it ran to ``network_rows``.
+    ``family="ddim"``: ``t`` is an integer training timestep and the outputs
+    are eps; ``family="flow"``: ``t = 1000 sigma`` is passed to the UNet as a
+    float and the outputs are velocities ``v = eps - x0``.
     """
 
-    def __init__(self, unet: nn.Module, uncond_states: torch.Tensor, cond_states: torch.Tensor) -> None:
+    def __init__(
+        self,
+        unet: nn.Module,
+        uncond_states: torch.Tensor,
+        cond_states: torch.Tensor,
+        family: str = "ddim",
+    ) -> None:
+        _check_family(family)
         self.unet = unet
         self.uncond_states = uncond_states
         self.cond_states = cond_states
+        self.family = family
         self.network_rows = 0
 
     @property
@@ -120,8 +141,9 @@ class DemoDenoiser:
         return int(self.cond_states.shape[0])
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor, t: int, branches: Branches) -> EpsPair:
-        """eps_u and/or eps_c of ``x`` (B, 1, 8, 8) at training timestep ``t``."""
+    def __call__(self, x: torch.Tensor, t: float, branches: Branches) -> EpsPair:
+        """Unconditional and/or conditional output (eps, or v for the flow family) of
+        ``x`` (B, 1, 8, 8) at timestep ``t``."""
         if x.shape[0] != self.batch_size or tuple(x.shape[1:]) != LATENT_SHAPE:
             raise ValueError(
                 f"x must have shape ({self.batch_size}, {', '.join(map(str, LATENT_SHAPE))}), got {tuple(x.shape)}"
@@ -131,7 +153,10 @@ class DemoDenoiser:
             return EpsPair(uncond=None, cond=None)
         x_in = torch.cat([x] * len(wanted)).to(self.cond_states.dtype)
         states = torch.cat(wanted)
-        timestep = torch.full((x_in.shape[0],), int(t), device=x_in.device, dtype=torch.long)
+        if self.family == "flow":
+            timestep = torch.full((x_in.shape[0],), float(t), device=x_in.device, dtype=torch.float32)
+        else:
+            timestep = torch.full((x_in.shape[0],), int(t), device=x_in.device, dtype=torch.long)
         eps = self.unet(x_in, timestep, encoder_hidden_states=states).sample.to(x.dtype)
         self.network_rows += x_in.shape[0]
         parts = list(eps.chunk(len(wanted)))
@@ -159,6 +184,11 @@ class DemoTarget:
         return decode_latents(latents, output_type)
 
 
+def _check_family(family: str) -> None:
+    if family not in DEMO_FAMILIES:
+        raise ValueError(f"family must be one of {DEMO_FAMILIES}, got {family!r}")
+
+
 def _check_size(name: str, value: int | None) -> None:
     if value is not None and value != IMAGE_SIZE:
         raise ValueError(f"{name} must be None or {IMAGE_SIZE} for the demo model (8x8 digits), got {value!r}")
@@ -168,8 +198,10 @@ class DemoPipeline:
     """Pipeline-like wrapper of the demo model that ``zsampling.sample`` accepts.
 
     Attributes mirror a diffusers pipeline: ``unet``, ``scheduler`` (a
-    ``DDIMScheduler``), ``device``, ``dtype``, plus ``conditioner`` (the class
-    embedding that plays the text encoder) and ``config`` (config.json).
+    ``DDIMScheduler``, or a ``FlowMatchEulerDiscreteScheduler`` for the flow
+    family), ``device``, ``dtype``, plus ``conditioner`` (the class embedding
+    that plays the text encoder), ``config`` (config.json) and ``family``
+    ("ddim" or "flow", from config.json's ``family``; absent means "ddim").
     """
 
     def __init__(self, unet: nn.Module, conditioner: ClassConditioner, scheduler: Any, config: dict[str, Any]) -> None:
@@ -177,6 +209,8 @@ class DemoPipeline:
         self.conditioner = conditioner
         self.scheduler = scheduler
         self.config = config
+        self.family: str = config.get("family", "ddim")
+        _check_family(self.family)
 
     @property
     def device(self) -> torch.device:
@@ -238,7 +272,9 @@ class DemoPipeline:
                     f"got {len(negative_prompts)}"
                 )
             negatives = [negative_prompt_to_class(p) for p in negative_prompts]
-        denoiser = DemoDenoiser(self.unet, self.encode_classes(negatives), self.encode_classes(classes))
+        denoiser = DemoDenoiser(
+            self.unet, self.encode_classes(negatives), self.encode_classes(classes), family=self.family
+        )
         return DemoTarget(
             denoiser=denoiser,
             scheduler=type(self.scheduler).from_config(self.scheduler.config),
@@ -257,8 +293,14 @@ def build_unet(unet_config: dict[str, Any]) -> nn.Module:
     return UNet2DConditionModel.from_config(unet_config)
 
 
-def build_scheduler(scheduler_config: dict[str, Any]) -> Any:
-    """The demo model's ``DDIMScheduler`` from its stored config."""
+def build_scheduler(scheduler_config: dict[str, Any], family: str = "ddim") -> Any:
+    """The demo model's scheduler from its stored config: a ``DDIMScheduler``
+    (family "ddim") or a ``FlowMatchEulerDiscreteScheduler`` (family "flow")."""
+    _check_family(family)
+    if family == "flow":
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        return FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
     from diffusers import DDIMScheduler
 
     return DDIMScheduler.from_config(scheduler_config)
@@ -278,6 +320,7 @@ def load_demo_pipeline(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     model_dir: str | Path | None = None,
+    family: str | None = None,
 ) -> DemoPipeline:
     """Load the shipped demo model offline (well under a second on a CPU).
 
@@ -285,12 +328,28 @@ def load_demo_pipeline(
         device: where to put the UNet and class embedding.
         dtype: parameter dtype (weights are stored in float32).
         model_dir: directory with ``weights.safetensors`` and ``config.json``;
-            defaults to the copy shipped in ``zsampling/demo_model``.
+            defaults to the copy shipped for ``family``.
+        family: "ddim" (``zsampling/demo_model``, epsilon prediction) or
+            "flow" (``zsampling/demo_model_flow``, velocity prediction).
+            None means "ddim" without ``model_dir``, and whatever the
+            directory's config.json says with it.
+
+    Raises:
+        ValueError: unknown ``family``, or a ``model_dir`` whose config.json
+            holds another family.
     """
     from safetensors.torch import load_file
 
-    directory = Path(model_dir) if model_dir is not None else DEMO_MODEL_DIR
+    if family is not None:
+        _check_family(family)
+    if model_dir is not None:
+        directory = Path(model_dir)
+    else:
+        directory = FLOW_DEMO_MODEL_DIR if family == "flow" else DEMO_MODEL_DIR
     config = json.loads((directory / CONFIG_FILE).read_text())
+    stored = config.get("family", "ddim")
+    if family is not None and stored != family:
+        raise ValueError(f"family={family!r} but the model in {directory} is of family {stored!r}")
     unet_state, cond_state = split_state_dict(load_file(str(directory / WEIGHTS_FILE)))
     unet = build_unet(config["unet"])
     unet.load_state_dict(unet_state, strict=True)
@@ -298,5 +357,5 @@ def load_demo_pipeline(
     conditioner.load_state_dict(cond_state, strict=True)
     unet.eval().requires_grad_(False)
     conditioner.eval().requires_grad_(False)
-    pipe = DemoPipeline(unet, conditioner, build_scheduler(config["scheduler"]), config)
+    pipe = DemoPipeline(unet, conditioner, build_scheduler(config["scheduler"], stored), config)
     return pipe.to(device=device, dtype=dtype)
