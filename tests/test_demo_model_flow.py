@@ -130,3 +130,34 @@ def test_euler_cfg_samples_show_the_prompted_digit(pipe: DemoPipeline) -> None:
     # Guidance matters: the unconditional model (g = 0) hits the prompt far less often.
     uncond = DigitAccuracy().score(euler_cfg(pipe, prompts, 0.0, STEPS, seed=0), prompts)
     assert accuracy.mean() > uncond.mean() + 0.3
+
+
+def _training_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "train_demo_model.py"
+    spec = importlib.util.spec_from_file_location("train_demo_model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_training_script_flow_objective_and_smoke_run(tmp_path: Path, one_thread: None) -> None:
+    script = _training_script()
+    x0 = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(3)
+    x_t, t, target = script.noisy_batch("flow", x0, None, gen)
+    # Replay the draws: sigma ~ U(0, 1), then the noise.
+    replay = torch.Generator().manual_seed(3)
+    sigma = torch.rand(6, generator=replay)
+    noise = torch.randn(x0.shape, generator=replay)
+    assert t.dtype == torch.float32 and torch.equal(t, sigma * 1000)
+    s = sigma.view(-1, 1, 1, 1)
+    assert torch.equal(x_t, (1 - s) * x0 + s * noise) and torch.equal(target, noise - x0)
+
+    out = tmp_path / "flow"
+    script.main(["--family", "flow", "--steps", "3", "--batch-size", "8", "--log-every", "1", "--out", str(out)])
+    assert not (out / "metrics.safetensors").exists()  # shared with the DDIM model
+    pipe = load_demo_pipeline(model_dir=out)
+    assert pipe.family == "flow" and isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler)
+    assert "--family flow" in (out / "TRAINING.md").read_text()
