@@ -20,21 +20,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from zsampling.config import KNOBS, LEG_KNOBS
+
 PAIR_KEYS: tuple[str, ...] = ("prompt_index", "seed")
 """Samples of different cells with the same keys share the prompt and x_T."""
 
-SETTING_COLUMNS: tuple[str, ...] = (
-    "model",
-    "method",
-    "num_inference_steps",
-    "guidance_scale",
-    "inversion_guidance_scale",
-    "zigzag_steps",
-    "rounds",
-    "zag",
-    "zag_eval_timestep",
-)
-"""The settings that identify a cell (besides its hash ``cell``)."""
+SETTING_COLUMNS: tuple[str, ...] = ("model", "method", *KNOBS, *LEG_KNOBS)
+"""The settings that identify a cell (besides its hash ``cell``): the sweep knobs of
+:mod:`zsampling.config` (the leg knobs only appear in runs that set them)."""
 
 RESERVED_COLUMNS: frozenset[str] = frozenset({
     "cell", *SETTING_COLUMNS, "prompt", "prompt_index", "seed", "sample_index", "nfe", "wall_time_s", "n_samples",

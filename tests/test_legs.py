@@ -215,3 +215,49 @@ def test_invalid_legs_fail_before_any_network_call(kwargs, message):
     with pytest.raises(ValueError, match=message):
         sample(pipe, PROMPTS, num_inference_steps=4, output_type="latent", progress=False, **kwargs)
     assert calls == []
+
+
+# ------------------------------------------------------------------------------------------------------ sweeps
+def test_leg_knobs_in_a_sweep_equal_zsampling_sample_and_only_share_prefixes_when_exact(tmp_path):
+    """Leg knobs are grid knobs: cells equal zsampling.sample with the same Legs; cells whose zig and step
+    legs differ cannot branch off a longer window's trunk, and the runner computes them alone."""
+    from safetensors.torch import load_file
+
+    import zsampling
+    from zsampling.denoisers.analytic import GaussianMixtureModel
+    from zsampling.sweep import expand_cells, parse_spec, run_sweep
+    from zsampling.sweep.cells import initial_noise, sweep_samples
+
+    steps = 6
+    spec = parse_spec({
+        "model": "analytic", "prompts": ["0", "1"], "seeds": [0, 1], "metrics": ["posterior"], "batch_size": 4,
+        "grid": {"num_inference_steps": steps, "guidance_scale": [3.0], "zigzag_steps": [0, 2, 5], "zag": ["ddim"],
+                 "step.guidance_scale": [None, 1.5], "zag.guidance_scale": [0.5]},
+    })
+    cells = expand_cells(spec)
+    assert {tuple(sorted(c.leg_knobs().items())) for c in cells} == {
+        (("zag.guidance_scale", 0.5),), (("step.guidance_scale", 1.5), ("zag.guidance_scale", 0.5))}
+    shared = run_sweep(spec, tmp_path / "shared", progress=False)
+    alone = run_sweep(spec, tmp_path / "alone", progress=False, share_prefix=False)
+    assert {"step.guidance_scale", "zag.guidance_scale"} <= set(shared.results.columns)
+    pd_equal = shared.results.drop(columns="wall_time_s").equals(alone.results.drop(columns="wall_time_s"))
+    assert pd_equal
+    model = GaussianMixtureModel.default()
+    samples = sweep_samples(spec)
+    noise = initial_noise(samples, model.latent_shape)
+    for cell in cells:
+        images = load_file(tmp_path / "shared" / "images" / f"{cell.hash}.safetensors")["images"]
+        out = zsampling.sample(model, [s.prompt for s in samples], latents=noise, output_type="pt", progress=False,
+                               legs=cell.legs, **cell.knobs())
+        torch.testing.assert_close(images, out.images, rtol=0, atol=1e-5)
+    # sharing saved rows only where the zig and step legs agree
+    assert shared.network_rows_spent < alone.network_rows_spent
+
+
+def test_lora_knobs_need_a_lora_path():
+    from zsampling.sweep import SpecError, parse_spec
+
+    with pytest.raises(SpecError, match="set model.options.lora_path"):
+        parse_spec({"model": "tiny-sdxl", "prompts": ["a"], "seeds": [0], "grid": {"zig.lora_scale": [1.5]}})
+    with pytest.raises(SpecError, match="unknown key grid.'zig.lora'"):
+        parse_spec({"model": "analytic", "prompts": ["0"], "seeds": [0], "grid": {"zig.lora": [1.5]}})

@@ -15,16 +15,20 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
-from zsampling.legs import Legs
+from zsampling.legs import LEG_FIELDS, LEG_NAMES, Leg, Legs
 
 ZagOperator = Literal["official", "ddim", "euler"]
 ZagEvalTimestep = Literal["next", "current"]
 
 ZAG_OPERATORS: tuple[str, ...] = ("official", "ddim", "euler")
 ZAG_EVAL_TIMESTEPS: tuple[str, ...] = ("next", "current")
+
+
+_KNOB = {"knob": True}
+"""Field metadata of the settings a sweep grid can vary (see :data:`KNOBS`)."""
 
 
 @dataclass(frozen=True)
@@ -64,13 +68,13 @@ class ZigzagConfig:
             only paid when a recorder is attached).
     """
 
-    num_inference_steps: int = 50
-    guidance_scale: float = 5.5
-    inversion_guidance_scale: float = 0.0
-    zigzag_steps: int | Iterable[int] | None = None
-    rounds: int = 1
-    zag: ZagOperator = "official"
-    zag_eval_timestep: ZagEvalTimestep = "next"
+    num_inference_steps: int = field(default=50, metadata=_KNOB)
+    guidance_scale: float = field(default=5.5, metadata=_KNOB)
+    inversion_guidance_scale: float = field(default=0.0, metadata=_KNOB)
+    zigzag_steps: int | Iterable[int] | None = field(default=None, metadata=_KNOB)
+    rounds: int = field(default=1, metadata=_KNOB)
+    zag: ZagOperator = field(default="official", metadata=_KNOB)
+    zag_eval_timestep: ZagEvalTimestep = field(default="next", metadata=_KNOB)
     legs: Legs = field(default_factory=Legs)
     measure_gap: bool = False
     timesteps: tuple[int, ...] | None = None
@@ -120,6 +124,41 @@ class ZigzagConfig:
     def is_standard(self) -> bool:
         """True when no step reflects: plain DDIM with CFG."""
         return not self.window
+
+
+KNOBS: tuple[str, ...] = tuple(f.name for f in fields(ZigzagConfig) if f.metadata.get("knob"))
+"""The settings a sweep grid varies, in the order of the results tables' settings columns: the
+:class:`ZigzagConfig` fields marked as knobs (the one source of truth for sweeps and analysis)."""
+
+KNOB_DEFAULTS: dict[str, object] = {
+    f.name: ("full" if f.name == "zigzag_steps" else f.default) for f in fields(ZigzagConfig) if f.name in KNOBS
+}
+"""Values of knobs a grid leaves out: :class:`ZigzagConfig`'s defaults (lambda None is "full", T-1)."""
+
+LEG_KNOBS: tuple[str, ...] = tuple(f"{leg}.{name}" for leg in LEG_NAMES for name in LEG_FIELDS)
+"""Per-leg knobs of a sweep grid ("zig.lora_scale", "zag.guidance_scale", ...): the numeric
+:class:`~zsampling.legs.Leg` settings; a grid that leaves them out runs plain Z-Sampling legs."""
+
+
+def legs_from_knobs(values: dict[str, float | None]) -> Legs:
+    """The :class:`Legs` of a grid point's leg knobs (absent or None: no override)."""
+    per_leg: dict[str, dict[str, float]] = {leg: {} for leg in LEG_NAMES}
+    for knob, value in values.items():
+        leg, name = knob.split(".", 1)
+        if value is not None:
+            per_leg[leg][LEG_FIELDS[name]] = value
+    return Legs(**{leg: Leg(**settings) for leg, settings in per_leg.items()})
+
+
+def leg_knobs(legs: Legs) -> dict[str, float]:
+    """The leg knobs a :class:`Legs` sets (inverse of :func:`legs_from_knobs`)."""
+    values = {}
+    for leg in LEG_NAMES:
+        for knob_name, field_name in LEG_FIELDS.items():
+            value = getattr(getattr(legs, leg), field_name)
+            if value is not None:
+                values[f"{leg}.{knob_name}"] = value
+    return values
 
 
 def _check_timesteps(values: Iterable[int]) -> tuple[int, ...]:

@@ -31,6 +31,11 @@ from dataclasses import dataclass, field
 
 LEG_NAMES: tuple[str, ...] = ("zig", "zag", "step")
 
+LEG_FIELDS: dict[str, str] = {"guidance_scale": "guidance", "guidance_embed": "guidance_embed",
+                              "lora_scale": "lora_scale"}
+"""Sweep knob name -> :class:`Leg` field of the numeric leg settings a grid can vary
+(prompts, mixes and other pipelines are set in code)."""
+
 RF_SAMPLING_MIX: dict[str, tuple[float, float]] = {"zig": (3.5, 0.3), "zag": (0.0, 0.7)}
 """(s, r) of the embedding mix in the authors' Flux code, per leg."""
 

@@ -35,8 +35,9 @@ from typing import Any
 
 import torch
 
-from zsampling.config import ZigzagConfig
-from zsampling.sweep.spec import KNOBS, SpecError, SweepSpec, stable_hash
+from zsampling.config import LEG_KNOBS, ZigzagConfig, leg_knobs, legs_from_knobs
+from zsampling.legs import Legs
+from zsampling.sweep.spec import KNOBS, SpecError, SweepSpec, check_knob, stable_hash
 
 CELL_SCHEMA = "zsampling.sweep.cell/1"
 
@@ -62,6 +63,7 @@ class Cell:
     rounds: int
     zag: str
     zag_eval_timestep: str
+    legs: Legs = field(default_factory=Legs)
     matched: str | None = None
     source: str | None = None
 
@@ -73,41 +75,59 @@ class Cell:
         return "standard" if self.zigzag_steps == 0 else "zigzag"
 
     def knobs(self) -> dict[str, Any]:
-        """The knob values (``zigzag_steps`` resolved to an int)."""
+        """The knob values (``zigzag_steps`` resolved to an int); leg knobs are in :meth:`leg_knobs`."""
         return {knob: getattr(self, knob) for knob in KNOBS}
 
+    def leg_knobs(self) -> dict[str, float]:
+        """The leg knobs this cell sets ("zig.lora_scale": 1.5, ...)."""
+        return leg_knobs(self.legs)
+
+    def value(self, knob: str) -> Any:
+        """One knob's value, leg knobs included (None: a leg knob the cell leaves unset)."""
+        return self.leg_knobs().get(knob) if knob in LEG_KNOBS else getattr(self, knob)
+
     def settings(self) -> dict[str, Any]:
-        """The settings columns of the results tables."""
-        return {"cell": self.hash, "model": self.model, "method": self.method, **self.knobs()}
+        """The settings columns of the results tables (leg knobs only where set)."""
+        return {"cell": self.hash, "model": self.model, "method": self.method, **self.knobs(), **self.leg_knobs()}
 
     def config(self) -> ZigzagConfig:
         """The validated :class:`ZigzagConfig` of this cell."""
-        return ZigzagConfig(**self.knobs())
+        return ZigzagConfig(**self.knobs(), legs=self.legs)
 
     @property
     def effective_key(self) -> tuple[Any, ...]:
         """Settings that change the computation (cells with equal keys are computed once)."""
         if self.zigzag_steps == 0:
-            return ("standard", self.num_inference_steps, self.guidance_scale)
+            return ("standard", self.num_inference_steps, self.guidance_scale, self.legs.step)
         return (*self.trunk_key, self.zigzag_steps)
 
     @property
     def trunk_key(self) -> tuple[Any, ...]:
-        """The lambda-sharing key: everything but lambda that shapes the reflecting trunk."""
+        """The lambda-sharing key: everything but lambda that shapes the reflecting trunk.
+
+        A cell branches off a longer window's trunk at its lambda by taking the trunk's zig at that step
+        as its own ordinary step, which is exact only when the zig and step legs are the same; cells
+        whose legs differ there (W2SD) keep lambda in the key and run alone.
+        """
         evaluation = self.zag_eval_timestep if self.zag == "ddim" else None
+        own = self.zigzag_steps if self.legs.zig != self.legs.step else None
         return ("zigzag", self.num_inference_steps, self.guidance_scale, self.inversion_guidance_scale,
-                self.rounds, self.zag, evaluation)
+                self.rounds, self.zag, evaluation, self.legs, own)
 
 
-def cell_hash(spec: SweepSpec, knobs: Mapping[str, Any]) -> str:
-    """Stable hash of a cell: model identity, knobs, branch mode, sample set."""
-    return stable_hash({
+def cell_hash(spec: SweepSpec, knobs: Mapping[str, Any], legs: Legs | None = None) -> str:
+    """Stable hash of a cell: model identity, knobs (leg knobs only when set, so
+    plain Z-Sampling cells keep their hashes), branch mode, sample set."""
+    identity = {
         "schema": CELL_SCHEMA,
         "model": spec.model.identity(),
         "knobs": {knob: knobs[knob] for knob in KNOBS},
         "branches": spec.branches,
         "samples": spec.samples_identity(),
-    })
+    }
+    if legs is not None and not legs.is_default:
+        identity["legs"] = leg_knobs(legs)
+    return stable_hash(identity)
 
 
 def expand_cells(spec: SweepSpec) -> list[Cell]:
@@ -115,15 +135,18 @@ def expand_cells(spec: SweepSpec) -> list[Cell]:
     and a cell listed twice after that (e.g. "full" and 19 for T = 20) once."""
     cells: list[Cell] = []
     seen: set[str] = set()
-    for values in itertools.product(*(spec.grid[knob] for knob in KNOBS)):
-        knobs = dict(zip(KNOBS, values, strict=True))
+    names = spec.knobs
+    for values in itertools.product(*(spec.grid[knob] for knob in names)):
+        point = dict(zip(names, values, strict=True))
+        knobs = {knob: point[knob] for knob in KNOBS}
+        legs = legs_from_knobs({knob: point[knob] for knob in names if knob in LEG_KNOBS})
         if knobs["zigzag_steps"] == "full":
             knobs["zigzag_steps"] = knobs["num_inference_steps"] - 1
-        digest = cell_hash(spec, knobs)
+        digest = cell_hash(spec, knobs, legs)
         if digest in seen:
             continue
         seen.add(digest)
-        cells.append(Cell(index=len(cells), hash=digest, model=spec.model.name, **knobs))
+        cells.append(Cell(index=len(cells), hash=digest, model=spec.model.name, legs=legs, **knobs))
     return cells
 
 
@@ -134,17 +157,16 @@ def parse_assignments(items: Iterable[str]) -> dict[str, Any]:
     Raises:
         SpecError: unknown knob, malformed word or a value of the wrong type.
     """
-    from zsampling.sweep.spec import _check_knob
-
+    allowed = (*KNOBS, *LEG_KNOBS)
     values: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         key = key.strip().lstrip("-")
         if not sep or not key:
-            raise SpecError(f"--cell {item!r}: expected KEY=VALUE with KEY one of {', '.join(KNOBS)}")
-        if key not in KNOBS:
-            raise SpecError(f"--cell {item!r}: unknown knob {key!r}; allowed: {', '.join(KNOBS)}")
-        values[key] = _check_knob(f"--cell {key}", key, _coerce(key, raw.strip()))
+            raise SpecError(f"--cell {item!r}: expected KEY=VALUE with KEY one of {', '.join(allowed)}")
+        if key not in allowed:
+            raise SpecError(f"--cell {item!r}: unknown knob {key!r}; allowed: {', '.join(allowed)}")
+        values[key] = check_knob(f"--cell {key}", key, _coerce(key, raw.strip()))
     return values
 
 
@@ -154,7 +176,7 @@ def _coerce(knob: str, raw: str) -> Any:
             return int(float(raw)) if float(raw).is_integer() else raw
         except ValueError:
             return raw
-    if knob in ("guidance_scale", "inversion_guidance_scale"):
+    if knob in ("guidance_scale", "inversion_guidance_scale", *LEG_KNOBS):
         try:
             return float(raw)
         except ValueError:
@@ -169,6 +191,8 @@ def select_cells(spec: SweepSpec, cells: Sequence[Cell], values: Mapping[str, An
         SpecError: a value that is not in the spec's grid for that knob.
     """
     for knob, value in values.items():
+        if knob not in spec.grid:
+            raise SpecError(f"--cell {knob}={value!r}: the spec's grid does not vary {knob}")
         if value not in spec.grid[knob] and not (knob == "zigzag_steps" and isinstance(value, int)
                                                  and "full" in spec.grid[knob]):
             raise SpecError(f"--cell {knob}={value!r} is not in the spec's grid.{knob} values "
@@ -177,7 +201,7 @@ def select_cells(spec: SweepSpec, cells: Sequence[Cell], values: Mapping[str, An
     for cell in cells:
         ok = True
         for knob, value in values.items():
-            actual = getattr(cell, knob)
+            actual = cell.value(knob)
             if knob == "zigzag_steps" and value == "full":
                 ok &= actual == cell.num_inference_steps - 1
             else:
@@ -279,7 +303,8 @@ def plan_groups(cells: Sequence[Cell], *, share_prefix: bool = True) -> list[Gro
     """Group cells into units and lambda-sharing groups, in grid order.
 
     Standard cells (lambda = 0) join the first zigzag group with the same T
-    and g1 (their branch leaves the trunk at step 0), else form their own.
+    and g1 whose zig leg is their step leg (their branch leaves the trunk at
+    step 0: its first zig is their first step), else form their own.
     ``share_prefix=False`` gives one group per unit (each cell run alone).
     """
     units: dict[tuple[Any, ...], Unit] = {}
@@ -297,7 +322,8 @@ def plan_groups(cells: Sequence[Cell], *, share_prefix: bool = True) -> list[Gro
     for unit in standard:
         cell = unit.cells[0]
         host = next((g for key, g in groups.items()
-                     if key[1] == cell.num_inference_steps and key[2] == cell.guidance_scale), None)
+                     if key[1] == cell.num_inference_steps and key[2] == cell.guidance_scale
+                     and key[7].zig == cell.legs.step and key[8] is None), None)
         if host is None:
             groups[cell.effective_key] = Group([unit])
         else:

@@ -34,7 +34,10 @@ Models (``model.name``):
   ``local_files_only``, ``scheduler`` ("ddim": a scheduler the loop cannot
   follow is replaced by ``DDIMScheduler.from_config(config, clip_sample=False)``,
   or by ``FlowMatchEulerDiscreteScheduler.from_config(config)`` on a
-  flow-matching pipeline (SD3, Flux); "keep": use the pipeline's own).
+  flow-matching pipeline (SD3, Flux); "keep": use the pipeline's own),
+  ``lora_path`` (a LoRA loaded as adapter "w2sd", for grids that vary
+  ``zig.lora_scale`` / ``zag.lora_scale`` / ``step.lora_scale``; presets
+  take it too).
 
 Metrics (``metrics:``): per-sample metrics have ``name``,
 ``higher_is_better`` and ``score(images, prompts) -> (B,)``; set-level
@@ -80,8 +83,8 @@ _OPTION_KEYS: dict[str, tuple[str, ...]] = {
                  "scheduler"),
     "tiny": ("seed", "guidance_embeds"),
     "preset": ("local_path", "unet_path", "vae", "vae_upcast", "variant", "cpu_offload", "compile", "height",
-               "width"),
-    "diffusers": ("height", "width", "variant", "revision", "local_files_only", "scheduler"),
+               "width", "lora_path"),
+    "diffusers": ("height", "width", "variant", "revision", "local_files_only", "scheduler", "lora_path"),
 }
 _PIPELINE_KINDS: tuple[str, ...] = ("preset", "diffusers")
 """Kinds loaded as diffusers pipelines (metrics registered for "diffusers" apply to both)."""
@@ -354,7 +357,7 @@ def load_model(spec: ModelSpec, device: torch.device) -> LoadedModel:
 
         preset = get_preset(spec.name)
         passed = {k: options[k] for k in ("local_path", "unet_path", "vae", "vae_upcast", "variant", "cpu_offload",
-                                           "compile") if k in options}
+                                           "compile", "lora_path") if k in options}
         pipe = load_preset_pipeline(preset.name, device=device, dtype=spec.dtype, **passed)
         pipe.set_progress_bar_config(disable=True)
         height, width = options.get("height", preset.height), options.get("width", preset.width)
@@ -381,6 +384,8 @@ def load_model(spec: ModelSpec, device: torch.device) -> LoadedModel:
                     pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
             elif not isinstance(pipe.scheduler, DDIMScheduler):
                 pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
+        if "lora_path" in options:
+            pipe.load_lora_weights(str(options["lora_path"]), adapter_name="w2sd")
         pipe = pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
         height, width = options.get("height"), options.get("width")

@@ -40,19 +40,17 @@ from typing import Any
 
 import pandas as pd
 
+from zsampling.config import KNOBS, LEG_KNOBS
+
 RECORD_SCHEMA = "zsampling.sweep.record"
 RECORD_VERSION = 1
 
-SETTINGS_COLUMNS: tuple[str, ...] = (
-    "cell", "model", "method", "num_inference_steps", "guidance_scale", "inversion_guidance_scale",
-    "zigzag_steps", "rounds", "zag", "zag_eval_timestep",
-)
+SETTINGS_COLUMNS: tuple[str, ...] = ("cell", "model", "method", *KNOBS)
+"""A cell's settings columns; the leg knobs a sweep sets (:data:`~zsampling.config.LEG_KNOBS`) follow them."""
 RESULT_COLUMNS: tuple[str, ...] = (
-    "cell", "model", "method", "prompt", "prompt_index", "seed", "sample_index", "num_inference_steps",
-    "guidance_scale", "inversion_guidance_scale", "zigzag_steps", "rounds", "zag", "zag_eval_timestep", "nfe",
-    "wall_time_s",
+    "cell", "model", "method", "prompt", "prompt_index", "seed", "sample_index", *KNOBS, "nfe", "wall_time_s",
 )
-"""The fixed leading columns of ``results``; per-sample metric columns follow."""
+"""The fixed leading columns of ``results``; the sweep's leg knobs, then per-sample metric columns follow."""
 CELL_COLUMNS: tuple[str, ...] = (*SETTINGS_COLUMNS, "n_samples", "nfe", "wall_time_s")
 """The fixed leading columns of ``cells``; set-level metric columns follow."""
 
@@ -71,7 +69,7 @@ MATCHED_COLUMNS: tuple[str, ...] = (
 
 _STR = ("cell", "model", "method", "prompt", "zag", "zag_eval_timestep")
 _INT = ("prompt_index", "seed", "sample_index", "num_inference_steps", "zigzag_steps", "rounds", "nfe", "n_samples")
-_FLOAT = ("guidance_scale", "inversion_guidance_scale", "wall_time_s")
+_FLOAT = ("guidance_scale", "inversion_guidance_scale", "wall_time_s", *LEG_KNOBS)
 
 CELLS_DIR = "cells"
 TRACES_DIR = "traces"
@@ -206,19 +204,24 @@ def build_tables(records: Iterable[Mapping[str, Any]]) -> tuple[pd.DataFrame, pd
     ordered = _ordered(records)
     sample_metrics = _names(ordered, "sample_metrics")
     set_metrics = _names(ordered, "set_metrics")
+    legs = [knob for knob in LEG_KNOBS if any(knob in record["settings"] for record in ordered)]
     result_rows, cell_rows = [], []
     for record in ordered:
         settings = record["settings"]
+        leg_values = {knob: settings.get(knob, float("nan")) for knob in legs}
         for row in sorted(record["rows"], key=lambda r: r["sample_index"]):
             values = {column: row[column] if column in row else settings.get(column) for column in RESULT_COLUMNS}
+            values.update(leg_values)
             values.update({name: row.get(name, float("nan")) for name in sample_metrics})
             result_rows.append(values)
         cell = {column: settings[column] for column in SETTINGS_COLUMNS}
+        cell.update(leg_values)
         cell.update(n_samples=record["n_samples"], nfe=record["nfe"], wall_time_s=record["wall_time_s"])
         cell.update({name: record["set_metric_values"].get(name, float("nan")) for name in set_metrics})
         cell_rows.append(cell)
-    results = pd.DataFrame(result_rows, columns=[*RESULT_COLUMNS, *sample_metrics])
-    cells = pd.DataFrame(cell_rows, columns=[*CELL_COLUMNS, *set_metrics])
+    results = pd.DataFrame(result_rows, columns=[*RESULT_COLUMNS, *legs, *sample_metrics])
+    cells = pd.DataFrame(cell_rows, columns=[*SETTINGS_COLUMNS, *legs, *CELL_COLUMNS[len(SETTINGS_COLUMNS):],
+                                             *set_metrics])
     return _typed(results, sample_metrics), _typed(cells, set_metrics)
 
 

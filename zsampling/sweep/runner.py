@@ -55,7 +55,7 @@ from typing import Any
 
 import torch
 
-from zsampling.api import initial_latents, target_schedule
+from zsampling.api import initial_latents, route_legs, target_schedule
 from zsampling.sampler import Event, expected_network_rows, guidance_mode, zigzag_sample
 from zsampling.schedule import Schedule
 from zsampling.sweep import results as res
@@ -527,7 +527,7 @@ class _Executor:
         steps = units[0].cells[0].num_inference_steps
         schedule = target_schedule(target, steps)
         recorders = {u.lam: self._recorder(u, target, schedule, chunk) for u in units} if self.spec.trace else {}
-        denoiser = target.denoiser
+        denoiser = self._leg_denoiser(target, units[-1].config, chunk)  # every unit of a group shares its legs
         branches = self.spec.branches
         begin = time.perf_counter()
 
@@ -550,10 +550,21 @@ class _Executor:
             self._sync()
             finals[unit.lam] = (final, elapsed + time.perf_counter() - branch_begin,
                                 denoiser.network_rows - rows_before)
+        close = getattr(denoiser, "close", None)
+        if callable(close):
+            close()  # LoRA adapters back at their own scales
         for unit in units:
             final, elapsed, spent = finals[unit.lam]
             self._finish_batch(unit, target, final, chunk, prepare_time + elapsed, spent, states[unit.lam],
                                recorders.get(unit.lam))
+
+    def _leg_denoiser(self, target: Any, config: Any, chunk: Sequence[Sample]) -> Any:
+        """The target's denoiser, behind a leg router when the legs switch LoRA scales."""
+        assert self.model is not None
+        prompts = [s.prompt for s in chunk]
+        negatives = None if self.spec.negative_prompt is None else [self.spec.negative_prompt] * len(chunk)
+        return route_legs(target, config, self.model.pipe, None, prompts, negatives, self.model.height,
+                          self.model.width).denoiser
 
     def _rows(self, config: Any, batch_size: int) -> int:
         """Network rows the loop spends on ``config`` for this model (its guidance mode, with recording)."""

@@ -77,31 +77,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zsampling.config import ZAG_EVAL_TIMESTEPS, ZAG_OPERATORS
+from zsampling.config import KNOB_DEFAULTS, KNOBS, LEG_KNOBS, ZAG_EVAL_TIMESTEPS, ZAG_OPERATORS
 
 SPEC_SCHEMA_VERSION = 1
 
-KNOBS: tuple[str, ...] = (
-    "num_inference_steps",
-    "guidance_scale",
-    "inversion_guidance_scale",
-    "zigzag_steps",
-    "rounds",
-    "zag",
-    "zag_eval_timestep",
-)
-"""The grid's knobs, in the order of the results table's settings columns."""
-
-KNOB_DEFAULTS: dict[str, Any] = {
-    "num_inference_steps": 50,
-    "guidance_scale": 5.5,
-    "inversion_guidance_scale": 0.0,
-    "zigzag_steps": "full",
-    "rounds": 1,
-    "zag": "official",
-    "zag_eval_timestep": "next",
-}
-"""Values of knobs the grid leaves out (the reference defaults of ZigzagConfig)."""
+__all__ = ["KNOBS", "KNOB_DEFAULTS", "LEG_KNOBS", "SpecError", "SweepSpec", "load_spec", "parse_spec", "stable_hash"]
 
 TOP_KEYS: tuple[str, ...] = (
     "name", "model", "prompts", "negative_prompt", "seeds", "noise", "grid", "metrics", "trace", "images",
@@ -187,6 +167,11 @@ class SweepSpec:
     paired: bool = False
 
     @property
+    def knobs(self) -> tuple[str, ...]:
+        """The grid's knobs: every :data:`KNOBS` entry, then the leg knobs the grid sets."""
+        return (*KNOBS, *(knob for knob in LEG_KNOBS if knob in self.grid))
+
+    @property
     def num_samples(self) -> int:
         """Samples per cell: every prompt x every seed, or one per prompt with paired seeds."""
         return len(self.prompts) if self.paired else len(self.prompts) * len(self.seeds)
@@ -203,7 +188,7 @@ class SweepSpec:
             "seeds": list(self.seeds),
             **({"paired_seeds": True} if self.paired else {}),
             "noise": self.noise,
-            "grid": {knob: list(self.grid[knob]) for knob in KNOBS},
+            "grid": {knob: list(self.grid[knob]) for knob in self.knobs},
             "metrics": list(self.metrics),
             "trace": None if self.trace is None else {
                 "keep": list(self.trace.keep), "latent_dtype": self.trace.latent_dtype,
@@ -343,6 +328,10 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path | None = None) -
     if name is not None and not isinstance(name, str):
         raise SpecError(f"name must be a string, got {name!r}")
 
+    lora_knobs = [knob for knob in grid if knob.endswith(".lora_scale") and any(v is not None for v in grid[knob])]
+    if lora_knobs and "lora_path" not in model.options:
+        raise SpecError(f"grid.{lora_knobs[0]}: LoRA scales need a LoRA: set model.options.lora_path (a preset or "
+                        "diffusers model)")
     models.check_model_spec(model, kind)
     models.check_prompts(model, kind, prompts, negative)
     allowed = models.metrics_for(kind)
@@ -565,12 +554,12 @@ def _parse_seeds(value: Any, num_prompts: int) -> tuple[tuple[int, ...], bool]:
 def _parse_grid(value: Any) -> dict[str, tuple[Any, ...]]:
     if not isinstance(value, Mapping):
         raise SpecError(f"grid must be a mapping of knobs ({', '.join(KNOBS)}) to values, got {value!r}")
-    _check_keys(value, KNOBS, "grid")
+    _check_keys(value, (*KNOBS, *LEG_KNOBS), "grid")
     grid: dict[str, tuple[Any, ...]] = {}
-    for knob in KNOBS:
-        raw = value.get(knob, KNOB_DEFAULTS[knob])
+    for knob in (*KNOBS, *(k for k in LEG_KNOBS if k in value)):
+        raw = value.get(knob, KNOB_DEFAULTS.get(knob))
         items = _expand_values(f"grid.{knob}", raw)
-        checked = [_check_knob(f"grid.{knob}[{index}]", knob, item) for index, item in enumerate(items)]
+        checked = [check_knob(f"grid.{knob}[{index}]", knob, item) for index, item in enumerate(items)]
         seen: list[Any] = []
         for index, item in enumerate(checked):
             if item in seen:
@@ -598,7 +587,14 @@ def _expand_values(key: str, raw: Any) -> list[Any]:
     return values
 
 
-def _check_knob(key: str, knob: str, value: Any) -> Any:
+def check_knob(key: str, knob: str, value: Any) -> Any:
+    """A validated grid value of ``knob`` (``key`` names it in errors)."""
+    if knob in LEG_KNOBS:
+        if value is None:
+            return None  # no override: the run's own value
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise SpecError(f"{key} must be a finite number or null (no override), got {value!r}")
+        return float(value)
     if knob in ("num_inference_steps", "rounds"):
         return _positive_int(key, value)
     if knob in ("guidance_scale", "inversion_guidance_scale"):
