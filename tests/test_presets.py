@@ -228,6 +228,8 @@ def test_flow_matching_presets_mark_what_is_not_from_the_paper() -> None:
     assert PRESETS["flux-schnell"].sampling_kwargs()["legs"].zag.mix == (0.0, 0.7)
     with pytest.raises(ValueError, match="sweeps cannot express yet"):
         PRESETS["flux-schnell"].sweep_grid()
+    w2sd = PRESETS["w2sd-sdxl"].sweep_grid()  # LoRA legs are knobs
+    assert (w2sd["zig.lora_scale"], w2sd["zag.lora_scale"], w2sd["step.lora_scale"]) == ([1.5], [-1.5], [0.8])
 
 
 def test_flow_preset_fails_fast_offline_naming_the_hub_id(offline: None) -> None:
@@ -279,3 +281,18 @@ def test_w2sd_preset_loads_a_saved_lora_and_samples_with_its_legs(offline: None,
     plain = zsampling.sample(pipe, "a cat", output_type="latent", progress=False,
                              generator=torch.Generator().manual_seed(0), **{**kwargs, "legs": None})
     assert out.nfe == 2 * 4 + 3 * 3 and (out.latents - plain.latents).abs().max().item() > 1e-4
+
+
+def test_w2sd_reproduction_spec_carries_the_lora_legs(offline: None, tiny_sdxl_dir: Path) -> None:
+    from zsampling.reproduce import paper_spec
+    from zsampling.sweep import SpecError, expand_cells
+
+    spec = paper_spec("w2sd-sdxl", ["a cat", "a dog"], model_path=tiny_sdxl_dir, lora_path=tiny_sdxl_dir / "lora",
+                      num_inference_steps=4, device="cpu")
+    cells = expand_cells(spec)
+    assert [c.zigzag_steps for c in cells] == [0, 3]
+    assert all(c.leg_knobs() == {"zig.lora_scale": 1.5, "zag.lora_scale": -1.5, "step.lora_scale": 0.8}
+               for c in cells)
+    assert spec.model.options["lora_path"].endswith("lora")
+    with pytest.raises(SpecError, match="lora_path"):
+        paper_spec("w2sd-sdxl", ["a cat"], model_path=tiny_sdxl_dir, num_inference_steps=4, device="cpu")

@@ -74,6 +74,7 @@ from typing import Any
 
 import torch
 
+from zsampling.config import leg_knobs, legs_from_knobs
 from zsampling.legs import Legs
 
 __all__ = [
@@ -216,11 +217,14 @@ class ModelPreset:
         """The sweep grid of the paper's comparison: standard (lambda 0) and Z-Sampling.
 
         Raises:
-            ValueError: the preset needs legs, which are not sweep knobs yet.
+            ValueError: the preset's legs set something sweeps cannot vary (an
+                embedding mix), so the grid could not reproduce it.
         """
-        if not self.legs.is_default:
-            raise ValueError(f"preset {self.name!r} reflects through per-leg settings ({self.legs}), which sweeps "
-                             "cannot express yet; run it with zsampling.sample(pipe, ..., **preset.sampling_kwargs())")
+        legs = leg_knobs(self.legs)
+        if legs_from_knobs(legs) != self.legs:
+            raise ValueError(f"preset {self.name!r} reflects through per-leg settings ({self.legs}) that sweeps "
+                             "cannot express yet (only guidance, guidance_embed and lora_scale are leg knobs); run "
+                             "it with zsampling.sample(pipe, ..., **preset.sampling_kwargs())")
         return {
             "num_inference_steps": [self.num_inference_steps],
             "guidance_scale": [self.guidance_scale],
@@ -228,6 +232,7 @@ class ModelPreset:
             "zigzag_steps": [0, self.zigzag_steps],
             "rounds": [self.rounds],
             "zag": [self.zag],
+            **{knob: [value] for knob, value in legs.items()},
         }
 
     def to_dict(self) -> dict[str, Any]:

@@ -99,6 +99,7 @@ def paper_spec(
     dtype: str | None = None,
     device: str = "auto",
     batch_size: int = 4,
+    lora_path: str | Path | None = None,
 ) -> Any:
     """The sweep spec of the paper's comparison for ``preset`` on ``prompts``.
 
@@ -109,7 +110,8 @@ def paper_spec(
     ``local_path``) or the preset's hub id (replaced components such as
     ``sdxl-dpo``'s UNet included); ``dtype`` defaults to the preset's on a
     GPU and float32 on the CPU. Seeds are paired: prompt i with seed
-    ``seed + i``.
+    ``seed + i``. ``lora_path`` is the LoRA of presets whose legs switch
+    LoRA scales (``w2sd-sdxl``).
 
     Raises:
         WeightsNotFoundError: no ``model_path``, offline and the hub id is not cached.
@@ -127,17 +129,18 @@ def paper_spec(
         options["local_path"] = str(Path(model_path).expanduser())
     else:
         available_hub_id(preset)  # offline and not cached: fail now, before anything is loaded
+    if lora_path is not None:
+        options["lora_path"] = str(Path(lora_path).expanduser())
     steps = num_inference_steps or preset.num_inference_steps
     lam = preset.zigzag_steps if num_inference_steps is None else steps - 1
+    grid = {**preset.sweep_grid(), "num_inference_steps": [steps], "zigzag_steps": [0, lam]}
     return parse_spec({
         "name": f"reproduce-{preset.name}",
         "model": {"name": preset.name, "dtype": dtype, "device": device, "options": options},
         "prompts": list(prompts),
         "seeds": {"paired": True, "offset": int(seed)},
         "noise": "seed",
-        "grid": {"num_inference_steps": [steps], "guidance_scale": [preset.guidance_scale],
-                 "inversion_guidance_scale": [preset.inversion_guidance_scale], "zigzag_steps": [0, lam],
-                 "rounds": [preset.rounds], "zag": [preset.zag]},
+        "grid": grid,
         "metrics": [],
         "trace": {"keep": "scalars"},
         "images": True,
@@ -245,6 +248,7 @@ def reproduce(
     out: str | Path,
     *,
     model_path: str | Path | None = None,
+    lora_path: str | Path | None = None,
     scorers: Sequence[str] = (),
     scorer_options: Mapping[str, Mapping[str, Any]] | None = None,
     limit: int | None = None,
@@ -267,6 +271,7 @@ def reproduce(
         preset: a preset name (:func:`zsampling.presets.list_presets`).
         prompts: a prompt file in any :func:`~zsampling.prompts.load_prompts` format.
         out: the output directory (re-running resumes).
+        lora_path: the LoRA of a preset whose legs switch LoRA scales (``w2sd-sdxl``).
         model_path: a local diffusers directory instead of the preset's hub id (the preset's
             ``local_path``; ``sdxl-dpo``'s UNet still comes from its own repository).
         scorers: scorer names (:func:`zsampling.metrics.available_scorers`:
@@ -301,7 +306,7 @@ def reproduce(
     frame = load_prompts(prompts, format=format, limit=limit, seed_offset=seed_offset)
     spec = paper_spec(chosen, frame["prompt"].tolist(), model_path=model_path, seed=seed_offset,
                       num_inference_steps=num_inference_steps, height=height, width=width, dtype=dtype,
-                      device=device, batch_size=batch_size)
+                      device=device, batch_size=batch_size, lora_path=lora_path)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     frame[list(_PROMPT_TABLE_COLUMNS)].to_csv(out / "prompts.csv", index=False)
@@ -357,7 +362,8 @@ def summary_lines(result: ReproduceResult) -> list[str]:
 
 def command(
     preset: Annotated[str, typer.Argument(help="Model preset (sdxl, sdxl-dpo, dreamshaper-xl, sd15, sd21, "
-                                               "pixart-alpha).", show_default=False)],
+                                               "pixart-alpha, hunyuan-dit, w2sd-sdxl, sd3-medium, sd3.5-large, "
+                                               "sd3.5-medium, flux-dev).", show_default=False)],
     prompts: Annotated[Path, typer.Option("--prompts", help="Prompt file: DrawBench CSV, Pick-a-Pic CSV/Parquet, "
                                           "HPD v2 JSON (or directory), GenEval JSONL, PartiPrompts TSV, text.",
                                           show_default=False)],
@@ -365,6 +371,8 @@ def command(
                                       show_default=False)],
     model_path: Annotated[Path | None, typer.Option("--model-path", help="Local diffusers directory instead of "
                                                     "the preset's hub id.", show_default=False)] = None,
+    lora_path: Annotated[Path | None, typer.Option("--lora-path", help="LoRA of a preset whose legs switch LoRA "
+                                                   "scales (w2sd-sdxl).", show_default=False)] = None,
     scorers: Annotated[list[str] | None, typer.Option("--scorers", help="Scorers, repeated or comma-separated "
                                                       "(image_reward, pick_score, aesthetic, hpsv2, clip_score).",
                                                       show_default=False)] = None,
@@ -390,7 +398,8 @@ def command(
 
     names = [item.strip() for value in scorers or () for item in value.split(",") if item.strip()]
     try:
-        result = reproduce(preset, prompts, out, model_path=model_path, scorers=names, limit=limit, format=format,
+        result = reproduce(preset, prompts, out, model_path=model_path, lora_path=lora_path, scorers=names,
+                           limit=limit, format=format,
                            seed_offset=seed, num_inference_steps=steps, height=height, width=width,
                            batch_size=batch_size, device=device, progress=progress)
     except (PromptFileError, WeightsNotFoundError, SpecError, ValueError) as error:
