@@ -48,6 +48,8 @@ def demo(
     figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Write figures to OUT/figures.")] = True,
     threads: Annotated[int, typer.Option("--threads", help="torch CPU threads (the 8x8 model gains little from more; "
                                                            "oversubscribed cores slow it down badly).")] = 1,
+    family: Annotated[str, typer.Option("--family", help="ddim (the digits model) or flow (its rectified-flow "
+                                                         "twin, with the euler zag).")] = "ddim",
 ) -> None:
     """Run the Z-Sampling ablation on the shipped digits model and print the summary."""
     import pandas as pd
@@ -56,7 +58,7 @@ def demo(
     torch.set_num_threads(threads)
     from zsampling.demo_ablation import run_demo
 
-    summary = run_demo(out, seeds_per_digit=seeds, quick=quick, progress=progress, figures=figures)
+    summary = run_demo(out, seeds_per_digit=seeds, quick=quick, progress=progress, figures=figures, family=family)
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         typer.echo(summary.to_string(index=False, float_format=lambda value: f"{value:.3f}"))
     typer.echo(f"results: {out / 'results.parquet'}, summary: {out / 'summary.csv'}"

@@ -19,6 +19,11 @@ Each part is a sweep spec run into one output directory (``extend``), so the
 demo resumes after an interruption and every sample pairs across cells by
 (prompt, seed). Figures come from :mod:`analysis` and a summary table of
 win rates against standard sampling is returned.
+
+``family="flow"`` runs the same ablation on the rectified-flow twin of the
+digits model (same data, same metrics) with the exact "euler" zag, evaluated
+at sigma_{i+1} or sigma_i in the window part where DDIM compares its two
+operators.
 """
 
 from __future__ import annotations
@@ -34,15 +39,27 @@ METRICS = ("alignment", "accuracy", "nn_distance", "clipping_fraction", "frechet
 SUMMARY_METRICS = ("alignment", "accuracy", "nn_distance", "clipping_fraction")
 
 
-def demo_specs(seeds_per_digit: int = 20, *, quick: bool = False) -> dict[str, dict[str, Any]]:
+FAMILIES: tuple[str, ...] = ("ddim", "flow")
+OPERATORS: dict[str, dict[str, Any]] = {
+    "ddim": {"reference": "official", "compared": {"zag": ["official", "ddim"], "zag_eval_timestep": ["next"]}},
+    "flow": {"reference": "euler", "compared": {"zag": ["euler"], "zag_eval_timestep": ["next", "current"]}},
+}
+"""Per family: the zag of every part, and the operators the window and matched parts compare."""
+
+
+def demo_specs(seeds_per_digit: int = 20, *, quick: bool = False, family: str = "ddim") -> dict[str, dict[str, Any]]:
     """The demo's sweep specs (plain dicts for :func:`zsampling.sweep.parse_spec`), by part.
 
-    ``quick`` keeps every part but fewer values, for tests and a first look.
+    ``quick`` keeps every part but fewer values, for tests and a first look;
+    ``family`` picks the DDIM digits model or its flow-matching twin.
     """
     if seeds_per_digit < 1:
         raise ValueError(f"seeds_per_digit must be >= 1, got {seeds_per_digit}")
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    zag, compared = OPERATORS[family]["reference"], OPERATORS[family]["compared"]
     base: dict[str, Any] = {
-        "model": {"name": "demo"},
+        "model": {"name": "demo", "options": {"family": family}} if family != "ddim" else {"name": "demo"},
         "prompts": [str(digit) for digit in range(10)],
         "seeds": {"start": 0, "count": seeds_per_digit},
         "metrics": list(METRICS),
@@ -56,21 +73,22 @@ def demo_specs(seeds_per_digit: int = 20, *, quick: bool = False) -> dict[str, d
     rounds = [1, 2] if quick else [1, 2, 3]
     parts = {
         "window": {"num_inference_steps": [STEPS], "inversion_guidance_scale": [0.0], "zigzag_steps": windows,
-                   "zag": ["official", "ddim"]},
+                   **compared},
         "inversion_guidance": {"num_inference_steps": [STEPS], "inversion_guidance_scale": gaps,
-                               "zigzag_steps": ["full"], "zag": ["official"]},
+                               "zigzag_steps": ["full"], "zag": [zag]},
         "rounds": {"num_inference_steps": [STEPS], "inversion_guidance_scale": [0.0], "zigzag_steps": ["full"],
-                   "zag": ["official"], "rounds": rounds},
+                   "zag": [zag], "rounds": rounds},
         "steps": {"num_inference_steps": steps, "inversion_guidance_scale": [0.0], "zigzag_steps": [0, "full"],
-                  "zag": ["official"]},
+                  "zag": [zag]},
         "equal_compute": {"num_inference_steps": [STEPS + (3 * (STEPS - 1) + 1) // 2],
-                          "inversion_guidance_scale": [0.0], "zigzag_steps": [0], "zag": ["official"]},
+                          "inversion_guidance_scale": [0.0], "zigzag_steps": [0], "zag": [zag]},
     }
-    specs = {name: {**base, "name": f"demo-{name}", "grid": {**knobs, **grid}} for name, grid in parts.items()}
+    prefix = "demo" if family == "ddim" else f"demo-{family}"
+    specs = {name: {**base, "name": f"{prefix}-{name}", "grid": {**knobs, **grid}} for name, grid in parts.items()}
     specs["matched_guidance"] = {
-        **base, "name": "demo-matched-guidance", "matched_baselines": True,
+        **base, "name": f"{prefix}-matched-guidance", "matched_baselines": True,
         "grid": {**knobs, "num_inference_steps": [STEPS], "inversion_guidance_scale": [0.0],
-                 "zigzag_steps": ["full"], "zag": ["official", "ddim"]},
+                 "zigzag_steps": ["full"], **compared},
     }
     return specs
 
@@ -82,6 +100,7 @@ def run_demo(
     quick: bool = False,
     progress: bool = True,
     figures: bool = True,
+    family: str = "ddim",
 ) -> pd.DataFrame:
     """Run the demo ablation into ``out`` (resumable) and return the summary table.
 
@@ -93,13 +112,13 @@ def run_demo(
     from zsampling.sweep import parse_spec, run_sweep
 
     out = Path(out)
-    specs = demo_specs(seeds_per_digit, quick=quick)
+    specs = demo_specs(seeds_per_digit, quick=quick, family=family)
     parsed = [parse_spec(spec) for spec in specs.values()]  # validate every part before running any
     result = None
     for spec in parsed:
         result = run_sweep(spec, out, extend=True, progress=progress)
     assert result is not None and result.results is not None
-    summary = summarize_demo(result.results, result.cells)
+    summary = summarize_demo(result.results, result.cells, family=family)
     summary.to_csv(out / "summary.csv", index=False, float_format="%.4f")
     if figures:
         from analysis import write_figures
@@ -108,19 +127,21 @@ def run_demo(
     return summary
 
 
-def summarize_demo(results: pd.DataFrame, cells: pd.DataFrame | None = None) -> pd.DataFrame:
+def summarize_demo(results: pd.DataFrame, cells: pd.DataFrame | None = None, *, family: str = "ddim"
+                   ) -> pd.DataFrame:
     """One row per demo setting: mean metrics and the paired win rate on
     alignment against standard sampling at T = 25 (95% bootstrap CI)."""
     from analysis import compare
 
+    reference = OPERATORS[family]["reference"]
     baseline = {"method": "standard", "num_inference_steps": STEPS, "inversion_guidance_scale": 0.0, "rounds": 1,
-                "zag": "official"}
+                "zag": reference, "zag_eval_timestep": "next"}
     settings = ["method", "num_inference_steps", "guidance_scale", "zigzag_steps", "inversion_guidance_scale", "rounds",
-                "zag"]
+                "zag", "zag_eval_timestep"]
     rows = []
     for key, group in results.groupby(settings, sort=True):
         setting = dict(zip(settings, key, strict=True))
-        if setting["method"] == "standard" and setting["zag"] != "official":
+        if setting["method"] == "standard" and (setting["zag"], setting["zag_eval_timestep"]) != (reference, "next"):
             continue  # the same standard samples are listed under every operator
         row: dict[str, Any] = {**setting, "nfe": int(group["nfe"].iloc[0]), "n": len(group)}
         for metric in SUMMARY_METRICS:

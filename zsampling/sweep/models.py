@@ -8,7 +8,9 @@ sweep starts.
 Models (``model.name``):
 
 * ``"demo"``: the shipped 8x8 digits model (``load_demo_pipeline``); options
-  ``model_dir`` (another copy of the weights). Prompts "0".."9" / "digit 3".
+  ``family`` ("ddim", default, or "flow": its rectified-flow twin, which
+  needs ``zag: [euler]``) and ``model_dir`` (another copy of the weights).
+  Prompts "0".."9" / "digit 3".
 * ``"analytic"``: :class:`~zsampling.denoisers.analytic.GaussianMixtureModel`
   with exact scores; options are those of ``GaussianMixtureModel.default``
   (``d``, ``num_components``, ``radius``, ``std``, ``weights``,
@@ -78,7 +80,7 @@ STEP_METRIC_KINDS: tuple[str, ...] = ("demo", "analytic")
 """Kinds whose predicted x0 maps to metric inputs without a VAE (per-step metrics)."""
 
 _OPTION_KEYS: dict[str, tuple[str, ...]] = {
-    "demo": ("model_dir",),
+    "demo": ("model_dir", "family"),
     "analytic": ("d", "num_components", "radius", "std", "weights", "means", "covariances", "component_names",
                  "scheduler"),
     "tiny": ("seed", "guidance_embeds"),
@@ -206,7 +208,22 @@ def check_model_spec(model: ModelSpec, kind: str) -> None:
 
 
 def demo_dir(model: ModelSpec) -> Path:
-    """Directory of the demo model's files."""
+    """Directory of the demo model's files: ``model_dir``, else the shipped copy of ``family``
+    ("ddim", the default, or "flow": the rectified-flow digits model)."""
+    from zsampling.demo_model import DEMO_FAMILIES, DEMO_MODEL_DIR, FLOW_DEMO_MODEL_DIR
+
+    given = model.options.get("model_dir")
+    if given:
+        return Path(given).expanduser()
+    family = model.options.get("family", "ddim")
+    if family not in DEMO_FAMILIES:
+        raise SpecError(f"model.options.family must be one of {', '.join(DEMO_FAMILIES)}, got {family!r}")
+    return FLOW_DEMO_MODEL_DIR if family == "flow" else DEMO_MODEL_DIR
+
+
+def demo_metrics_dir(model: ModelSpec) -> Path:
+    """Directory of the demo metrics' arrays: ``model_dir`` when given, else the DDIM
+    model's copy, which both families share (same data, same classifier)."""
     from zsampling.demo_model import DEMO_MODEL_DIR
 
     given = model.options.get("model_dir")
@@ -474,7 +491,7 @@ def _demo_metric(cls_name: str) -> Callable[[LoadedModel], Any]:
     def factory(model: LoadedModel) -> Any:
         from zsampling.metrics import demo
 
-        return getattr(demo, cls_name)(demo_dir(model.spec))
+        return getattr(demo, cls_name)(demo_metrics_dir(model.spec))
 
     return factory
 
@@ -483,7 +500,7 @@ register_metric("alignment", _demo_metric("DigitAlignment"), level="sample", kin
 register_metric("accuracy", _demo_metric("DigitAccuracy"), level="sample", kinds=("demo",), higher_is_better=True)
 register_metric("nn_distance", _demo_metric("NearestNeighbourDistance"), level="sample", kinds=("demo",),
                 higher_is_better=False)
-register_metric("frechet_pca", lambda model: FrechetPCA(demo_dir(model.spec)), level="set", kinds=("demo",),
+register_metric("frechet_pca", lambda model: FrechetPCA(demo_metrics_dir(model.spec)), level="set", kinds=("demo",),
                 higher_is_better=False)
 register_metric("posterior", lambda model: PosteriorMetric(model.pipe), level="sample", kinds=("analytic",),
                 higher_is_better=True)
@@ -509,6 +526,6 @@ def check_metric_files(model: ModelSpec, kind: str, metrics: Sequence[str]) -> N
     if kind == "demo" and any(m in ("alignment", "accuracy", "nn_distance", "frechet_pca") for m in metrics):
         from zsampling.demo_model import METRICS_FILE
 
-        path = demo_dir(model) / METRICS_FILE
+        path = demo_metrics_dir(model) / METRICS_FILE
         if not path.is_file():
             raise SpecError(f"metrics: the demo metrics need {path} (built by scripts/train_demo_model.py)")
