@@ -63,7 +63,8 @@ from zsampling.sweep.matched import MATCHED_METHODS
 from zsampling.sweep.models import register_metric
 from zsampling.sweep.results import CELL_COLUMNS, RESULT_COLUMNS, load_results
 from zsampling.sweep.runner import SpecChangedError, SweepResult, read_manifest, run_sweep
-from zsampling.sweep.spec import SpecError, SweepSpec, load_spec, parse_spec
+from zsampling.sweep.spec import SpecError, SweepSpec
+from zsampling.sweep.validate import load_spec, parse_spec
 
 __all__ = [
     "CELL_COLUMNS",

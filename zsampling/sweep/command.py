@@ -53,7 +53,8 @@ def sweep(
     `accelerate launch -m zsampling sweep ...` cells are split across processes.
     """
     from zsampling.sweep.cells import expand_cells, parse_assignments, plan_groups, select_cells
-    from zsampling.sweep.spec import SpecError, load_spec
+    from zsampling.sweep.spec import SpecError
+    from zsampling.sweep.validate import load_spec
 
     try:
         overrides: dict[str, object] = {}

@@ -74,7 +74,8 @@ from zsampling.sweep.cells import (
     sweep_samples,
 )
 from zsampling.sweep.models import METRICS, LoadedModel, load_model, resolve_device, torch_dtype
-from zsampling.sweep.spec import SpecError, SweepSpec, load_spec
+from zsampling.sweep.spec import SpecError, SweepSpec
+from zsampling.sweep.validate import load_spec
 
 MANIFEST = "manifest.json"
 MANIFEST_SCHEMA = "zsampling.sweep.manifest"

@@ -40,7 +40,8 @@ keep="all" costs 512 KiB per event and 74.1 MiB per sample (18.5 MiB with
 ``downsample=2``); see :func:`estimate_trace_bytes`.
 """
 
-from zsampling.trace.data import EVENT_COLUMNS, OPS, SCALAR_NAMES, SCHEMA_VERSION, Trace, estimate_trace_bytes
+from zsampling.trace.data import KEEP_KINDS, SCALAR_NAMES, Trace, estimate_trace_bytes
+from zsampling.trace.directory import TraceDir, TraceWriter, load_traces
 from zsampling.trace.guidance import (
     GUIDANCE_COLUMNS,
     effective_guidance,
@@ -49,9 +50,10 @@ from zsampling.trace.guidance import (
     reflection_vectors,
     split_along,
 )
-from zsampling.trace.recorder import KEEP_KINDS, MultiRecorder, ScorerMetric, StepMetric, StepState, TraceRecorder
+from zsampling.trace.recorder import MultiRecorder, ScorerMetric, StepMetric, StepState, TraceRecorder
 from zsampling.trace.run import expected_network_rows, sample_with_trace
-from zsampling.trace.storage import TraceDir, TraceFormatError, TraceWriter, load_traces, read_trace_meta
+from zsampling.trace.schema import EVENT_COLUMNS, OPS, SCHEMA_VERSION
+from zsampling.trace.storage import TraceFormatError, read_trace_meta
 
 __all__ = [
     "EVENT_COLUMNS",

@@ -33,25 +33,11 @@ import numpy as np
 import torch
 
 from zsampling.denoisers.base import EpsPair
+from zsampling.trace import storage
+from zsampling.trace.schema import EVENT_COLUMNS, OPS
 
 if TYPE_CHECKING:
     import pandas as pd
-
-SCHEMA = "zsampling.trace"
-SCHEMA_VERSION = 1
-
-OPS: tuple[str, ...] = ("zig", "zag", "step")
-"""Operation names; an event's op code is its index here."""
-
-EVENT_COLUMNS: tuple[str, ...] = (
-    "op", "step", "round", "t_eval", "t_from", "t_to", "a_from", "a_to", "guidance", "c",
-)
-"""Per-event columns. ``t_from``/``t_to`` are the nominal timesteps the move
-goes between (zig/step: t_i -> t_{i+1}; zag: t_{i+1} -> t_i; -1 stands for
-the scheduler's final alpha after the last step); ``a_from``/``a_to`` are the
-alphas the move actually used (they differ from the nominal ones for the
-"official" zag, which is one schedule level off); ``c`` is the reflection
-coefficient c_i of the event's step."""
 
 SCALAR_NAMES: tuple[str, ...] = (
     "latent_norm",
@@ -105,6 +91,24 @@ needs it are NaN; ``zsampling.sample(..., branches="both")`` buys them (one
 extra network row per sample for every zig and step, counted in
 ``network_rows``).
 """
+
+KEEP_KINDS: tuple[str, ...] = ("scalars", "latents", "eps", "x0")
+"""What a trace can keep: scalars (always), each event's output latent, its
+eps_u / eps_c, its predicted x0."""
+
+
+def resolve_keep(keep: str | Iterable[str]) -> frozenset[str]:
+    """Validate a ``keep`` spec: "scalars", "all", or a collection of :data:`KEEP_KINDS`."""
+    if isinstance(keep, str):
+        kinds = set(KEEP_KINDS) if keep == "all" else {keep}
+    else:
+        kinds = set(keep)
+    kinds.add("scalars")
+    unknown = kinds - set(KEEP_KINDS)
+    if unknown:
+        raise ValueError(f"keep must be 'all' or a subset of {KEEP_KINDS}, got unknown {sorted(unknown)}")
+    return frozenset(kinds)
+
 
 Op = Literal["zig", "zag", "step"]
 
@@ -353,9 +357,7 @@ class Trace:
         """Write the trace to one safetensors file (atomically: temp file +
         os.replace). Tensors go in the safetensors body, everything else as
         JSON in its header; no pickle."""
-        from zsampling.trace.storage import save_trace
-
-        return save_trace(self, path)
+        return storage.save_trace(self, path)
 
     @classmethod
     def load(cls, path: str | Path, *, verify: bool = False) -> Trace:
@@ -367,9 +369,7 @@ class Trace:
         them all once). Raises :class:`~zsampling.trace.TraceFormatError` for
         anything that is not a valid trace of this schema version.
         """
-        from zsampling.trace.storage import load_trace
-
-        return load_trace(path, verify=verify)
+        return cls(*storage.read_trace(path, verify=verify))
 
     def verify(self) -> None:
         """Check the checksums of a loaded trace's large tensors (reads them
@@ -415,7 +415,6 @@ def estimate_trace_bytes(
     rounds = 1, keep="all"): 148 events x 4 x 128 KiB + 128 KiB = 74.1 MiB
     per sample; ``downsample=2`` gives 18.5 MiB; scalars only 8.3 KB.
     """
-    from zsampling.trace.recorder import resolve_keep
 
     kinds = resolve_keep(keep)
     shape = list(latent_shape)

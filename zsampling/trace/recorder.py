@@ -33,14 +33,16 @@ from zsampling.config import ZigzagConfig
 from zsampling.legs import Condition
 from zsampling.sampler import Event
 from zsampling.schedule import Schedule
-from zsampling.trace.data import OPS, SCALAR_NAMES, SCHEMA, SCHEMA_VERSION, MemorySource, Trace
+from zsampling.trace.data import (
+    SCALAR_NAMES,
+    MemorySource,
+    Trace,
+    resolve_keep,
+)
+from zsampling.trace.schema import OPS, SCHEMA, SCHEMA_VERSION
 
 if TYPE_CHECKING:
-    from zsampling.trace.storage import TraceWriter
-
-KEEP_KINDS: tuple[str, ...] = ("scalars", "latents", "eps", "x0")
-"""What a trace can keep: scalars (always), each event's output latent, its
-eps_u / eps_c, its predicted x0."""
+    from zsampling.trace.directory import TraceWriter
 
 _ZIG, _ZAG, _STEP = (OPS.index(op) for op in OPS)
 _SCALAR_INDEX = {name: k for k, name in enumerate(SCALAR_NAMES)}
@@ -118,19 +120,6 @@ class ScorerMetric:
         if state.prompts is None:
             raise ValueError(f"metric {self.name!r} needs the prompts: give the recorder prompts=")
         return {self.name: torch.as_tensor(self.scorer.score(images, list(state.prompts)))}
-
-
-def resolve_keep(keep: str | Iterable[str]) -> frozenset[str]:
-    """Validate a ``keep`` spec: "scalars", "all", or a collection of :data:`KEEP_KINDS`."""
-    if isinstance(keep, str):
-        kinds = set(KEEP_KINDS) if keep == "all" else {keep}
-    else:
-        kinds = set(keep)
-    kinds.add("scalars")
-    unknown = kinds - set(KEEP_KINDS)
-    if unknown:
-        raise ValueError(f"keep must be 'all' or a subset of {KEEP_KINDS}, got unknown {sorted(unknown)}")
-    return frozenset(kinds)
 
 
 class TraceRecorder:

@@ -32,7 +32,7 @@ from zsampling.trace.data import Trace
 from zsampling.trace.recorder import MultiRecorder, StepMetric, TraceRecorder
 
 if TYPE_CHECKING:
-    from zsampling.trace.storage import TraceWriter
+    from zsampling.trace.directory import TraceWriter
 
 _PREPARE_ARGS = ("negative_prompt", "height", "width")
 

@@ -39,8 +39,9 @@ import numpy as np
 import torch
 
 from zsampling.sampler import Event
-from zsampling.trace.data import OPS, Trace
+from zsampling.trace.data import Trace
 from zsampling.trace.recorder import TraceRecorder
+from zsampling.trace.schema import OPS
 
 STEP_AXIS = "diffusion_step"
 _OP_KEYS = {"zig": "zig", "zag": "reflection", "step": "step"}
