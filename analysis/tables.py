@@ -60,20 +60,21 @@ def metric_columns(frame: pd.DataFrame) -> list[str]:
 
 
 def operator_label(frame: pd.DataFrame) -> pd.Series:
-    """The zag operator of each row: "official", "ddim" or "ddim (eval t_i)".
+    """The zag operator of each row: "official", "ddim", "euler", or "ddim (eval t_i)" / "euler (eval t_i)".
 
-    "ddim" with ``zag_eval_timestep == "current"`` (network evaluated at t_i,
-    as the released code does) is told apart from the textbook "ddim"
-    (evaluated at t_{i+1}); "official" ignores the evaluation setting.
+    The exact operators ("ddim", flow matching's "euler") with
+    ``zag_eval_timestep == "current"`` (network evaluated at t_i, as the
+    released code does) are told apart from the textbook ones (evaluated at
+    t_{i+1}); "official" ignores the evaluation setting.
     """
     zag = frame["zag"].astype(str) if "zag" in frame.columns else pd.Series("official", index=frame.index)
     if "zag_eval_timestep" in frame.columns:
-        current = (zag == "ddim") & (frame["zag_eval_timestep"].astype(str) == "current")
-        zag = zag.where(~current, "ddim (eval t_i)")
+        current = (zag != "official") & (frame["zag_eval_timestep"].astype(str) == "current")
+        zag = zag.where(~current, zag + " (eval t_i)")
     return zag.rename("operator")
 
 
-OPERATOR_ORDER: tuple[str, ...] = ("official", "ddim", "ddim (eval t_i)")
+OPERATOR_ORDER: tuple[str, ...] = ("official", "ddim", "ddim (eval t_i)", "euler", "euler (eval t_i)")
 """Display order of zag operators: the released code's first (the default)."""
 
 

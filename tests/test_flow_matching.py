@@ -358,3 +358,17 @@ def test_a_flow_sweep_shares_its_zigzag_prefix_exactly(tmp_path):
         assert torch.equal(a, b)
     nfe = shared.results.groupby("zigzag_steps")["nfe"].first()
     assert nfe.to_dict() == {lam: 4 + 2 * lam for lam in range(4)}
+
+
+def test_euler_cells_with_different_evaluation_points_are_not_folded():
+    """The official zag ignores zag_eval_timestep, the exact ones (ddim, euler) do not: cells differing only
+    there must be computed separately."""
+    from zsampling.sweep import expand_cells, parse_spec
+    from zsampling.sweep.cells import plan_groups
+
+    spec = parse_spec({"model": {"name": "demo", "options": {"family": "flow"}}, "prompts": ["3"], "seeds": [0],
+                       "grid": {"num_inference_steps": 6, "zigzag_steps": [3], "zag": ["euler"],
+                                "zag_eval_timestep": ["next", "current"]}})
+    cells = expand_cells(spec)
+    assert len({c.effective_key for c in cells}) == 2
+    assert len([u for g in plan_groups(cells) for u in g.units]) == 2

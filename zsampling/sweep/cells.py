@@ -109,7 +109,7 @@ class Cell:
         as its own ordinary step, which is exact only when the zig and step legs are the same; cells
         whose legs differ there (W2SD) keep lambda in the key and run alone.
         """
-        evaluation = self.zag_eval_timestep if self.zag == "ddim" else None
+        evaluation = None if self.zag == "official" else self.zag_eval_timestep  # the official zag ignores it
         own = self.zigzag_steps if self.legs.zig != self.legs.step else None
         return ("zigzag", self.num_inference_steps, self.guidance_scale, self.inversion_guidance_scale,
                 self.rounds, self.zag, evaluation, self.legs, own)
