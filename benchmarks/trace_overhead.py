@@ -1,7 +1,7 @@
 """Wall-time overhead of trace recording against sampling with no recorder.
 
-For each model (the tiny random SDXL pipeline and, when its weights are
-shipped, the offline demo model) this runs ``zsampling.sample`` with
+For each model (the tiny random SDXL pipeline, the offline demo model and
+its flow-matching twin ``demo-flow``) this runs ``zsampling.sample`` with
 
 * no recorder (baseline),
 * ``TraceRecorder(keep="scalars")`` (the default),
@@ -62,6 +62,10 @@ def load_models(names: list[str], demo_dir: str | None = None) -> dict[str, tupl
             models["demo"] = (load_demo_pipeline(model_dir=demo_dir), ["3", "digit 7", "0", "9"])
         except (ImportError, FileNotFoundError, OSError) as error:
             print(f"skipping demo: {type(error).__name__}: {error}")
+    if "demo-flow" in names:
+        from zsampling.denoisers.demo import load_demo_pipeline
+
+        models["demo-flow"] = (load_demo_pipeline(family="flow"), ["3", "digit 7", "0", "9"])
     return models
 
 

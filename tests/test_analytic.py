@@ -9,7 +9,7 @@
 4. Z-Sampling raises the posterior of the prompted component over standard
    sampling from the same latents, more with a larger window and a larger
    gap; the "ddim" gain converges to the pure gap-term injection.
-5. Network rows match DESIGN.md's cost formulas.
+5. Network rows match docs/design.md's cost formulas.
 6. Bad prompts, sizes and output types give clear errors.
 """
 
@@ -214,7 +214,7 @@ def test_ddim_residual_shrinks_with_step_size(model: GaussianMixtureModel, eval_
         delta = zag.x_out - zig.x_in
         gap = c * (g1 - g2) * (zig.eps.cond - zig.eps.uncond)
         residual = delta - gap
-        # DESIGN.md's exact split: residual = c_i (eps_g2(x_i, t_i) - eps_g2(y, s)), no extra call
+        # docs/design.md's exact split: residual = c_i (eps_g2(x_i, t_i) - eps_g2(y, s)), no extra call
         torch.testing.assert_close(residual, c * (zig.eps.guided(g2) - zag.eps.guided(g2)), rtol=1e-8, atol=1e-12)
         assert abs(schedule.timesteps[step] - 500) <= 6
         strides.append(schedule.timesteps[step] - schedule.timesteps[step + 1])

@@ -15,7 +15,7 @@ def run(pipe=None, **kwargs):
 
 
 def reference_loop(pipe, x, steps, g1, g2, window, rounds, zag):
-    """Z-Sampling written out from DESIGN.md with the scheduler's own lists, independent of zsampling."""
+    """Z-Sampling written out from docs/design.md with the scheduler's own lists, independent of zsampling."""
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
     scheduler.set_timesteps(steps)
     ts = [int(t) for t in scheduler.timesteps]

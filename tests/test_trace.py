@@ -2,7 +2,7 @@
 
 The model is a closed-form Gaussian denoiser (x0 ~ N(mu_c, s^2 I) given the
 prompt, N(0, s^2 I) unconditionally) in float64, so every identity of
-DESIGN.md can be checked to 1e-5 against values recomputed here, with code
+docs/design.md can be checked to 1e-5 against values recomputed here, with code
 independent of the recorder.
 """
 
@@ -226,7 +226,7 @@ def check_reflections(pipe: GaussianPipe, trace: Trace, config: ZigzagConfig, at
             gap = c * (g1 - g2) * d
             residual = delta - gap
             if config.zag == "ddim":
-                # the DESIGN.md identity, with eps evaluated here from the model itself
+                # the docs/design.md identity, with eps evaluated here from the model itself
                 expected_residual = c * (model.guided(x, t_i, g2) - model.guided(y, zag_move.t_eval, g2))
                 torch.testing.assert_close(delta, gap + expected_residual, rtol=0, atol=atol)
                 # ... and from the eps the sampler computed (the zig has both branches)

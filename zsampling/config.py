@@ -1,6 +1,6 @@
 """ZigzagConfig: the validated settings of one Z-Sampling run.
 
-Notation follows the paper and DESIGN.md: T steps, guidance g1 for the zig
+Notation follows the paper and docs/design.md: T steps, guidance g1 for the zig
 (and every ordinary step), inversion guidance g2 for the zag, zigzag window
 lambda (the steps that reflect), ``rounds`` reflections per window step
 (T_max in the paper's code). Guidance uses diffusers' convention

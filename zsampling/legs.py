@@ -1,6 +1,6 @@
 """Reflection legs: what the zig, the zag and the ordinary step each run.
 
-A run has three legs (DESIGN.md, "Reflection legs"): ``zig`` (the denoising
+A run has three legs (docs/design.md, "Reflection legs"): ``zig`` (the denoising
 half of a reflection), ``zag`` (the inversion) and ``step`` (the ordinary
 move after a step's reflections and at every step outside the window). A leg
 is (model variant, guidance, conditioning): the base denoiser, a LoRA scale

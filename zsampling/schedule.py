@@ -1,7 +1,7 @@
 """Moves and schedules: DDIM and flow-matching Euler as one affine abstraction.
 
 Every deterministic first-order move of a sampler is affine in the latent
-(DESIGN.md, "Moves"):
+(docs/design.md, "Moves"):
 
     x_to = A x + B o
 
@@ -190,7 +190,7 @@ def ddim(x: torch.Tensor, eps: torch.Tensor, a_from: float, a_to: float) -> torc
 
 
 def reflection_coefficient(a_i: float, a_next: float) -> float:
-    """c_i of DESIGN.md: a DDIM zig then exact inversion maps x to
+    """c_i of docs/design.md: a DDIM zig then exact inversion maps x to
     ``x + c_i (eps_zig - eps_zag)``, with
     ``c_i = sqrt(a_i / a_next) sqrt(1 - a_next) - sqrt(1 - a_i)`` (< 0)."""
     return math.sqrt(a_i / a_next) * math.sqrt(1.0 - a_next) - math.sqrt(1.0 - a_i)

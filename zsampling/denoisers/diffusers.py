@@ -125,7 +125,7 @@ def epsilon_converter(alphas_cumprod: torch.Tensor, prediction_type: str) -> Con
 
 
 def embedding_mix(embeds: torch.Tensor, empty: torch.Tensor, s: float, r: float) -> torch.Tensor:
-    """``c + s ((1 - r) c + r c_empty)`` (DESIGN.md, "Flow matching")."""
+    """``c + s ((1 - r) c + r c_empty)`` (docs/design.md, "Moves")."""
     return embeds + s * ((1.0 - r) * embeds + r * empty)
 
 

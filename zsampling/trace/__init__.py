@@ -14,7 +14,7 @@ Analyse: ``trace.to_frame()`` (one row per sample x step x round x op),
 ``trace.reflections()`` (the zag rows with effective-guidance ingredients),
 ``trace.latents(i)``, ``trace.eps(i, "zig")``, ``trace.x0(i)``.
 
-Effective guidance (DESIGN.md, "Evaluation honesty"): ``trace.effective_guidance()``
+Effective guidance (docs/design.md, "Evaluation honesty"): ``trace.effective_guidance()``
 (per step: ||g1 d + sum_r delta_r / c_i|| / ||d||, its signed parallel and its
 orthogonal part) and ``trace.guidance_summary()``; see :mod:`zsampling.trace.guidance`.
 
@@ -23,7 +23,7 @@ JSON metadata, no pickle); :class:`TraceWriter` streams a sweep into a
 directory, one file per batch plus an append-only index; :class:`TraceDir`
 reads it back.
 
-Semantic gain (DESIGN.md): for every reflection (i, r) the zag row holds
+Semantic gain (docs/design.md): for every reflection (i, r) the zag row holds
 ||delta||, the guidance-gap term ||c_i (g1 - g2) (eps_c - eps_u)(x_i, t_i)||,
 the residual ||delta - gap||, cos(delta, eps_c - eps_u), the projection of
 delta on the unit guidance direction and the orthogonal remainder, and the
