@@ -261,3 +261,46 @@ def test_lora_knobs_need_a_lora_path():
         parse_spec({"model": "tiny-sdxl", "prompts": ["a"], "seeds": [0], "grid": {"zig.lora_scale": [1.5]}})
     with pytest.raises(SpecError, match="unknown key grid.'zig.lora'"):
         parse_spec({"model": "analytic", "prompts": ["0"], "seeds": [0], "grid": {"zig.lora": [1.5]}})
+
+
+def test_weight_gap_matched_baselines_apply_each_leg_plainly_at_the_same_rows(tmp_path):
+    """A W2SD cell's baselines: its strong (zig) leg and its step leg on every step, steps raised to the same
+    network rows, on the same samples; they equal zsampling.sample with those legs."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    import zsampling
+    from zsampling.sweep import parse_spec, run_sweep
+    from zsampling.sweep.cells import initial_noise, sweep_samples
+
+    tiny_sdxl_pipeline().save_pretrained(tmp_path / "model")  # the base weights, without the adapter
+    pipe = lora_pipeline()
+    type(pipe).save_lora_weights(tmp_path / "lora", unet_lora_layers=get_peft_model_state_dict(pipe.unet,
+                                                                                             adapter_name="w2sd"))
+    steps = 4
+    spec = parse_spec({
+        "model": {"name": str(tmp_path / "model"), "options": {"lora_path": str(tmp_path / "lora")}},
+        "prompts": PROMPTS, "seeds": [0], "metrics": [], "trace": False, "matched_baselines": True, "images": True,
+        "grid": {"num_inference_steps": steps, "guidance_scale": [G1], "inversion_guidance_scale": [1.0],
+                 "zigzag_steps": [3], "zig.lora_scale": [1.5], "zag.lora_scale": [-1.5], "step.lora_scale": [0.8]},
+    })
+    result = run_sweep(spec, tmp_path / "run", progress=False)
+    cells = result.cells.set_index("method")
+    assert set(cells.index) == {"zigzag", "legs_matched_strong", "legs_matched_step"}
+    z_nfe = 2 * steps + 3 * 3
+    for method, scale in (("legs_matched_strong", 1.5), ("legs_matched_step", 0.8)):
+        row = cells.loc[method]
+        assert row["nfe"] >= z_nfe and row["nfe"] - z_nfe < 2 and row["zigzag_steps"] == 0
+        assert row["step.lora_scale"] == scale
+    # the derived cells are plain sampling with that leg, from the same initial noise
+    model = type(pipe).from_pretrained(tmp_path / "model")
+    model.load_lora_weights(str(tmp_path / "lora"), adapter_name="w2sd")
+    samples = sweep_samples(spec)
+    noise = initial_noise(samples, prepare(model, PROMPTS).latent_shape)
+    strong = cells.loc["legs_matched_strong"]
+    images = load_file(tmp_path / "run" / "images" / f"{strong['cell']}.safetensors")["images"]
+    out = zsampling.sample(model, [s.prompt for s in samples], latents=noise,
+                           num_inference_steps=int(strong["num_inference_steps"]), guidance_scale=G1, zigzag_steps=0,
+                           legs=Legs(step=Leg(lora_scale=1.5)), output_type="pt", progress=False)
+    expected = (out.images.clamp(0, 1) * 255).round().to(torch.uint8)
+    assert (images.int() - expected.int()).abs().max().item() <= 1

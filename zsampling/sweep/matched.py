@@ -1,6 +1,6 @@
 """Matched baselines: plain CFG at Z-Sampling's effective guidance and network-call budget.
 
-Why (DESIGN.md, "Evaluation honesty"; "Guidance Matters", ICLR 2026): much
+Why (docs/design.md, "Evaluation honesty"; "Guidance Matters", ICLR 2026): much
 of a Z-Sampling gain may be stronger effective guidance bought with more
 network calls. For every Z-Sampling cell of a sweep with
 ``matched_baselines: true`` (``zsampling sweep --matched-baselines``) the
@@ -21,6 +21,12 @@ smallest ones >= the Z cell's (within one step, 2 rows per sample):
 ``cfg_matched_first_order``    the first-order value g1 + rounds (g1 - g2) (2 g1 - g2)
 =============================  ==============================================
 
+A Z cell whose legs differ in more than guidance (a weight gap: LoRA scales,
+guidance embeddings; W2SD) is not described by an effective guidance; its
+baselines are its legs applied plainly at the same rows instead:
+``legs_matched_strong`` (the zig leg on every step) and
+``legs_matched_step`` (the step leg on every step); no trace is needed.
+
 A derived cell's knobs are those of a standard cell (``zigzag_steps = 0``)
 with T and g replaced; g2, rounds and the zag operator are copied from the
 Z cell (they do not act at lambda = 0, and keep the cell filterable by its
@@ -33,16 +39,21 @@ disk) and skips the finished ones. Its record carries a ``matched`` entry
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from zsampling.config import leg_knobs
 from zsampling.denoisers.base import Branches
+from zsampling.legs import Legs
 from zsampling.sweep.cells import CELL_SCHEMA, Cell
 from zsampling.sweep.spec import KNOBS, SpecError, SweepSpec, stable_hash
 
 MATCHED_METHODS: tuple[str, ...] = ("cfg_matched_nfe", "cfg_matched_measured", "cfg_matched_first_order")
+WEIGHT_GAP_METHODS: tuple[str, ...] = ("legs_matched_strong", "legs_matched_step")
+"""Baselines of a weight-gap (W2SD) cell: its strong (zig) leg, and its step leg, applied plainly."""
 """The ``method`` values of derived baseline cells, in run order."""
 
 SCALE_DECIMALS = 4
@@ -68,9 +79,9 @@ def matched_steps(nfe: int, guidance_scale: float, branches: str = "needed") -> 
     return max(1, math.ceil(nfe / rows_per_step(guidance_scale, branches)))
 
 
-def matched_hash(spec: SweepSpec, knobs: Mapping[str, Any], kind: str, source: str) -> str:
-    """Stable hash of a derived cell: the grid-cell fields plus its kind and source cell."""
-    return stable_hash({
+def matched_hash(spec: SweepSpec, knobs: Mapping[str, Any], kind: str, source: str, legs: Legs | None = None) -> str:
+    """Stable hash of a derived cell: the grid-cell fields (legs when set) plus its kind and source cell."""
+    identity = {
         "schema": CELL_SCHEMA,
         "model": spec.model.identity(),
         "knobs": {knob: knobs[knob] for knob in KNOBS},
@@ -78,7 +89,45 @@ def matched_hash(spec: SweepSpec, knobs: Mapping[str, Any], kind: str, source: s
         "samples": spec.samples_identity(),
         "matched": kind,
         "source": source,
-    })
+    }
+    if legs is not None and not legs.is_default:
+        identity["legs"] = leg_knobs(legs)
+    return stable_hash(identity)
+
+
+def has_weight_gap(cell: Cell) -> bool:
+    """Whether the zig and zag legs differ in more than guidance (a LoRA-scale or guidance-embedding
+    gap, W2SD): then the effective guidance does not describe the reflection and the baselines are
+    the legs applied plainly instead (:func:`weight_gap_cells`)."""
+    return dataclasses.replace(cell.legs.zig, guidance=None) != dataclasses.replace(cell.legs.zag, guidance=None)
+
+
+def weight_gap_cells(spec: SweepSpec, source: Cell) -> list[tuple[Cell, dict[str, Any]]]:
+    """The baselines of a weight-gap cell: plain sampling (lambda = 0) with its strong (zig) leg on
+    every step, and with its step leg on every step, steps raised to the same network rows."""
+    nfe = source_nfe(source, spec.branches)
+    config = source.config()
+    out = []
+    for k, (kind, name) in enumerate(zip(WEIGHT_GAP_METHODS, ("zig", "step"), strict=True)):
+        leg = getattr(source.legs, name)
+        scale = config.leg_guidance(name)
+        steps = matched_steps(nfe, scale, spec.branches)
+        knobs = {**source.knobs(), "num_inference_steps": steps, "guidance_scale": scale, "zigzag_steps": 0}
+        legs = Legs(step=dataclasses.replace(leg, guidance=None))
+        cell = Cell(index=_INDEX_BASE + 3 * source.index + k,
+                    hash=matched_hash(spec, knobs, kind, source.hash, legs), model=source.model, legs=legs,
+                    matched=kind, source=source.hash, **knobs)
+        out.append((cell, {
+            "kind": kind,
+            "source": source.hash,
+            "source_settings": source.settings(),
+            "source_nfe": nfe,
+            "nfe": steps * rows_per_step(scale, spec.branches),
+            "target_scale": scale,
+            "rule": f"plain sampling (lambda = 0) with the source's {name} leg on every step, on the same samples; "
+                    "steps = the fewest with rows >= the source's",
+        }))
+    return out
 
 
 def source_nfe(cell: Cell, branches: str) -> int:
@@ -145,14 +194,15 @@ def check_matched_spec(spec: SweepSpec, cells: Sequence[Cell]) -> None:
     """
     from zsampling.sweep import models
 
-    if spec.trace is None:
-        raise SpecError("matched_baselines needs the Z-Sampling cells' traces (the effective guidance is measured "
-                        "from their scalars): set trace: true (or a mapping), not false")
     zig = [cell for cell in cells if cell.method == "zigzag"]
     if not zig:
         raise SpecError("matched_baselines: the grid has no Z-Sampling cell (zigzag_steps > 0) to match")
+    measured = [cell for cell in zig if not has_weight_gap(cell)]
+    if measured and spec.trace is None:
+        raise SpecError("matched_baselines needs the Z-Sampling cells' traces (the effective guidance is measured "
+                        "from their scalars): set trace: true (or a mapping), not false")
     if spec.branches != "both":
-        bad = sorted({cell.guidance_scale for cell in zig if cell.guidance_scale in (0.0, 1.0)})
+        bad = sorted({cell.guidance_scale for cell in measured if cell.guidance_scale in (0.0, 1.0)})
         if bad:
             raise SpecError(f"matched_baselines: with guidance_scale {bad[0]:g} the zig computes one CFG branch, so "
                             "the guidance direction eps_c - eps_u (and the effective guidance) is not recorded; "
@@ -179,6 +229,9 @@ def derive_matched(spec: SweepSpec, out: Path, cells: Sequence[Cell],
     derived: list[tuple[Cell, dict[str, Any]]] = []
     for cell in cells:
         if cell.method != "zigzag" or cell.hash not in records:
+            continue
+        if has_weight_gap(cell):
+            derived += weight_gap_cells(spec, cell)
             continue
         summary = records[cell.hash].get("effective_guidance")
         if not summary:
