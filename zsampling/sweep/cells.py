@@ -322,7 +322,7 @@ def plan_groups(cells: Sequence[Cell], *, share_prefix: bool = True) -> list[Gro
     for unit in standard:
         cell = unit.cells[0]
         host = next((g for key, g in groups.items()
-                     if key[1] == cell.num_inference_steps and key[2] == cell.guidance_scale
+                     if key[0] == "zigzag" and key[1] == cell.num_inference_steps and key[2] == cell.guidance_scale
                      and key[7].zig == cell.legs.step and key[8] is None), None)
         if host is None:
             groups[cell.effective_key] = Group([unit])
