@@ -228,3 +228,12 @@ def test_standard_cells_with_different_step_legs_and_no_zigzag_host_plan_apart()
                                 "step.lora_scale": [0.5, 1.0]}})
     groups = plan_groups(expand_cells(spec))
     assert len(groups) == 2 and all(len(g.units) == 1 for g in groups)
+
+
+def test_lora_demo_summary_columns_are_unique_and_ordered(lora_demo):
+    _, summary = lora_demo
+    assert summary.columns.is_unique
+    assert list(summary.columns[-9:]) == ["win_rate", "ci_low", "ci_high", "thickness_vs_standard",
+                                          "thickness_vs_standard_low", "thickness_vs_standard_high",
+                                          "thickness_vs_plain_c", "thickness_vs_plain_c_low",
+                                          "thickness_vs_plain_c_high"]

@@ -283,7 +283,10 @@ def summarize_lora_gap(results: pd.DataFrame, cells: pd.DataFrame | None = None,
             d, lo, hi = thickness_diff(setting, plain_c)
             row.update(thickness_vs_plain_c=d, thickness_vs_plain_c_low=lo, thickness_vs_plain_c_high=hi)
         rows.append(row)
-    summary = pd.DataFrame(rows)
+    paired = [f"{name}{end}" for name in ("thickness_vs_standard", "thickness_vs_plain_c") for end in ("", "_low",
+                                                                                                       "_high")]
+    settings_columns = [k for k in rows[0] if k not in paired]
+    summary = pd.DataFrame(rows, columns=[*settings_columns, "win_rate", "ci_low", "ci_high", *paired])
     summary.attrs["verdict"] = _lora_verdict(thickness_diff(weight_gap, plain_c), thickness_diff(weight_gap, plain_s),
                                              thickness_diff(weight_gap, guidance_at_c), s, c)
     return summary
