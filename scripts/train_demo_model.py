@@ -865,6 +865,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     if args.lora is not None:
+        if args.family != "ddim":
+            raise SystemExit("--lora trains a LoRA of the DDIM digits model: use it with --family ddim")
         summary = train_lora(args)
         record_lora(args.out, summary, command)
         print(json.dumps(summary, indent=2))
