@@ -50,6 +50,9 @@ def demo(
                                                            "oversubscribed cores slow it down badly).")] = 1,
     family: Annotated[str, typer.Option("--family", help="ddim (the digits model) or flow (its rectified-flow "
                                                          "twin, with the euler zag).")] = "ddim",
+    gap: Annotated[str, typer.Option("--gap", help="guidance (the Z-Sampling ablation) or lora (weight-gap "
+                                                   "reflection with the digits model's thickness LoRA).")
+                   ] = "guidance",
 ) -> None:
     """Run the Z-Sampling ablation on the shipped digits model and print the summary."""
     import pandas as pd
@@ -58,9 +61,12 @@ def demo(
     torch.set_num_threads(threads)
     from zsampling.demo_ablation import run_demo
 
-    summary = run_demo(out, seeds_per_digit=seeds, quick=quick, progress=progress, figures=figures, family=family)
+    summary = run_demo(out, seeds_per_digit=seeds, quick=quick, progress=progress, figures=figures, family=family,
+                       gap=gap)
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         typer.echo(summary.to_string(index=False, float_format=lambda value: f"{value:.3f}"))
+    if "verdict" in summary.attrs:
+        typer.echo(summary.attrs["verdict"])
     typer.echo(f"results: {out / 'results.parquet'}, summary: {out / 'summary.csv'}"
                + (f", figures: {out / 'figures' / 'index.md'}" if figures else ""))
 

@@ -24,6 +24,16 @@ win rates against standard sampling is returned.
 digits model (same data, same metrics) with the exact "euler" zag, evaluated
 at sigma_{i+1} or sigma_i in the window part where DDIM compares its two
 operators.
+
+``gap="lora"`` runs the weight-gap demo instead (:func:`lora_gap_specs`):
+on the DDIM digits model with its shipped "thickness" LoRA (adapter "w2sd"),
+it compares guidance-gap reflection (plain Z-Sampling), weight-gap
+reflection (W2SD legs: zig LoRA +s, zag LoRA -s with g2 = 1, step LoRA c),
+the LoRA applied plainly (standard sampling at c and at s) and standard
+sampling, all paired by (prompt, seed), on alignment, the LoRA's property
+(``stroke_thickness``), fidelity (``frechet_pca``) and NFE;
+:func:`summarize_lora_gap` says whether the weight gap moves the property
+beyond the LoRA applied plainly, with a bootstrap interval.
 """
 
 from __future__ import annotations
@@ -93,6 +103,54 @@ def demo_specs(seeds_per_digit: int = 20, *, quick: bool = False, family: str = 
     return specs
 
 
+GAPS: tuple[str, ...] = ("guidance", "lora")
+"""What the demo ablates: the guidance gap (the Z-Sampling ablation) or the weight gap (a LoRA)."""
+
+LORA = "thickness"
+LORA_ZIG = 1.0
+"""Weight-gap half-width s: zig +s, zag -s. The LoRA was trained at scale 1, so +1 is the thick-stroke model it
+learned and -1 the same step extrapolated the other way (W2SD's +-1.5 is for an SDXL LoRA of another strength)."""
+LORA_STEP = 0.5
+"""Step-leg scale c: between 0 and s like W2SD's 0.8 of 1.5, so the ordinary steps carry part of the LoRA and any
+extra thickness must come from the reflections."""
+LORA_METRICS = ("alignment", "accuracy", "stroke_thickness", "nn_distance", "frechet_pca")
+LORA_KNOBS = ("zig.lora_scale", "zag.lora_scale", "step.lora_scale")
+
+
+def _lora_setting(zig: float, zag: float, step: float) -> dict[str, list[float]]:
+    return {"zig.lora_scale": [zig], "zag.lora_scale": [zag], "step.lora_scale": [step]}
+
+
+def lora_gap_specs(seeds_per_digit: int = 20, *, quick: bool = False, s: float = LORA_ZIG, c: float = LORA_STEP
+                   ) -> dict[str, dict[str, Any]]:
+    """The weight-gap demo's sweep specs, by part (see the module docstring).
+
+    Every cell sets all three leg LoRA scales (the adapter is loaded at scale 1, so an unset scale would
+    mean the LoRA at 1). ``quick`` uses 4 seeds per digit at most.
+    """
+    if seeds_per_digit < 1:
+        raise ValueError(f"seeds_per_digit must be >= 1, got {seeds_per_digit}")
+    seeds = min(seeds_per_digit, 4) if quick else seeds_per_digit
+    base: dict[str, Any] = {
+        "model": {"name": "demo", "options": {"lora": LORA}},
+        "prompts": [str(digit) for digit in range(10)],
+        "seeds": {"start": 0, "count": seeds},
+        "metrics": list(LORA_METRICS),
+        "batch_size": 10 * seeds,
+        "images": True,
+    }
+    knobs = {"num_inference_steps": [STEPS], "guidance_scale": [GUIDANCE], "rounds": [1], "zag": ["official"],
+             "zag_eval_timestep": ["next"]}
+    parts = {
+        "plain": {"zigzag_steps": [0, "full"], "inversion_guidance_scale": [0.0], **_lora_setting(0.0, 0.0, 0.0)},
+        "guidance_gap_at_c": {"zigzag_steps": ["full"], "inversion_guidance_scale": [0.0], **_lora_setting(c, c, c)},
+        "weight_gap": {"zigzag_steps": ["full"], "inversion_guidance_scale": [1.0], **_lora_setting(s, -s, c)},
+        "lora_plainly": {"zigzag_steps": [0], "inversion_guidance_scale": [0.0], "zig.lora_scale": [0.0],
+                         "zag.lora_scale": [0.0], "step.lora_scale": sorted({c, s})},
+    }
+    return {name: {**base, "name": f"demo-lora-{name}", "grid": {**knobs, **grid}} for name, grid in parts.items()}
+
+
 def run_demo(
     out: str | Path,
     *,
@@ -101,8 +159,13 @@ def run_demo(
     progress: bool = True,
     figures: bool = True,
     family: str = "ddim",
+    gap: str = "guidance",
 ) -> pd.DataFrame:
     """Run the demo ablation into ``out`` (resumable) and return the summary table.
+
+    ``gap="lora"``: the weight-gap demo (:func:`lora_gap_specs`, DDIM family only); its summary's
+    ``attrs["verdict"]`` (also ``out/verdict.txt``) says whether weight-gap reflection moves stroke
+    thickness beyond the LoRA applied plainly.
 
     Writes the sweep outputs (results / cells tables, traces, images,
     manifest) to ``out`` and, with ``figures``, every figure with its CSV and
@@ -112,13 +175,22 @@ def run_demo(
     from zsampling.sweep import parse_spec, run_sweep
 
     out = Path(out)
-    specs = demo_specs(seeds_per_digit, quick=quick, family=family)
+    if gap not in GAPS:
+        raise ValueError(f"gap must be one of {GAPS}, got {gap!r}")
+    if gap == "lora" and family != "ddim":
+        raise ValueError(f"gap='lora' runs on the DDIM digits model (its LoRA), not family={family!r}")
+    specs = (lora_gap_specs(seeds_per_digit, quick=quick) if gap == "lora"
+             else demo_specs(seeds_per_digit, quick=quick, family=family))
     parsed = [parse_spec(spec) for spec in specs.values()]  # validate every part before running any
     result = None
     for spec in parsed:
         result = run_sweep(spec, out, extend=True, progress=progress)
     assert result is not None and result.results is not None
-    summary = summarize_demo(result.results, result.cells, family=family)
+    if gap == "lora":
+        summary = summarize_lora_gap(result.results, result.cells)
+        (out / "verdict.txt").write_text(summary.attrs["verdict"] + "\n")
+    else:
+        summary = summarize_demo(result.results, result.cells, family=family)
     summary.to_csv(out / "summary.csv", index=False, float_format="%.4f")
     if figures:
         from analysis import write_figures
@@ -152,6 +224,85 @@ def summarize_demo(results: pd.DataFrame, cells: pd.DataFrame | None = None, *, 
             row.update(win_rate=win["win_rate"], ci_low=win["ci_low"], ci_high=win["ci_high"])
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def lora_gap_settings(s: float = LORA_ZIG, c: float = LORA_STEP) -> dict[str, dict[str, Any]]:
+    """The weight-gap demo's settings as results-table selectors, by label."""
+    def lora(zig: float, zag: float, step: float) -> dict[str, float]:
+        return dict(zip(LORA_KNOBS, (zig, zag, step), strict=True))
+
+    return {
+        "standard": {"method": "standard", **lora(0.0, 0.0, 0.0)},
+        "guidance gap (Z-Sampling)": {"method": "zigzag", "inversion_guidance_scale": 0.0, **lora(0.0, 0.0, 0.0)},
+        f"guidance gap, LoRA {c:g} on every leg": {"method": "zigzag", "inversion_guidance_scale": 0.0,
+                                                   **lora(c, c, c)},
+        f"weight gap (W2SD: zig {s:+g}, zag {-s:+g}, step {c:g}, g2 = 1)": {
+            "method": "zigzag", "inversion_guidance_scale": 1.0, **lora(s, -s, c)},
+        f"LoRA {c:g} plainly (step leg)": {"method": "standard", **lora(0.0, 0.0, c)},
+        f"LoRA {s:g} plainly (zig leg)": {"method": "standard", **lora(0.0, 0.0, s)},
+    }
+
+
+def summarize_lora_gap(results: pd.DataFrame, cells: pd.DataFrame | None = None, *, s: float = LORA_ZIG,
+                       c: float = LORA_STEP) -> pd.DataFrame:
+    """One row per weight-gap demo setting, and the verdict in ``attrs["verdict"]``.
+
+    Columns: mean metrics, ``frechet_pca`` (set level), ``nfe``, the paired win rate on alignment against
+    standard sampling (95% bootstrap CI), and the paired mean difference of ``stroke_thickness`` against
+    standard sampling and against the LoRA at the step leg's scale c applied plainly (95% bootstrap CI).
+    """
+    from analysis import compare, mean_ci, pair_samples, select
+
+    settings = lora_gap_settings(s, c)
+    labels = list(settings)
+    standard, plain_c, plain_s = settings[labels[0]], settings[labels[4]], settings[labels[5]]
+    weight_gap, guidance_at_c = settings[labels[3]], settings[labels[2]]
+
+    def thickness_diff(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float, float]:
+        pairs = pair_samples(select(results, a), select(results, b), "stroke_thickness")
+        ci = mean_ci(pairs["a"] - pairs["b"])
+        return ci.mean, ci.ci_low, ci.ci_high
+
+    rows = []
+    for label, setting in settings.items():
+        group = select(results, setting)
+        if group.empty:
+            raise ValueError(f"the results hold no cell for {label!r} ({setting})")
+        row: dict[str, Any] = {"setting": label, **{k: group[k].iloc[0] for k in LORA_KNOBS},
+                               "inversion_guidance_scale": group["inversion_guidance_scale"].iloc[0],
+                               "nfe": int(group["nfe"].iloc[0]), "n": len(group)}
+        for metric in ("alignment", "accuracy", "stroke_thickness", "nn_distance"):
+            row[metric] = group[metric].mean()
+        row["frechet_pca"] = _cell_metric(cells, group, "frechet_pca")
+        if label != labels[0]:
+            win = compare(results, setting, standard, ["alignment"]).iloc[0]
+            row.update(win_rate=win["win_rate"], ci_low=win["ci_low"], ci_high=win["ci_high"])
+            d, lo, hi = thickness_diff(setting, standard)
+            row.update(thickness_vs_standard=d, thickness_vs_standard_low=lo, thickness_vs_standard_high=hi)
+        if label != labels[4]:
+            d, lo, hi = thickness_diff(setting, plain_c)
+            row.update(thickness_vs_plain_c=d, thickness_vs_plain_c_low=lo, thickness_vs_plain_c_high=hi)
+        rows.append(row)
+    paired = [f"{name}{end}" for name in ("thickness_vs_standard", "thickness_vs_plain_c") for end in ("", "_low",
+                                                                                                       "_high")]
+    settings_columns = [k for k in rows[0] if k not in paired]
+    summary = pd.DataFrame(rows, columns=[*settings_columns, "win_rate", "ci_low", "ci_high", *paired])
+    summary.attrs["verdict"] = _lora_verdict(thickness_diff(weight_gap, plain_c), thickness_diff(weight_gap, plain_s),
+                                             thickness_diff(weight_gap, guidance_at_c), s, c)
+    return summary
+
+
+def _lora_verdict(vs_c: tuple[float, float, float], vs_s: tuple[float, float, float],
+                  vs_guidance: tuple[float, float, float], s: float, c: float) -> str:
+    def says(diff: tuple[float, float, float]) -> str:
+        d, lo, hi = diff
+        word = "more" if lo > 0 else "less" if hi < 0 else "no clear difference in"
+        return f"{word} stroke thickness ({d:+.4f} mean ink, 95% CI [{lo:+.4f}, {hi:+.4f}])"
+
+    return (f"Weight-gap reflection (zig {s:+g} / zag {-s:+g}, step {c:g}) gives {says(vs_c)} than the LoRA at "
+            f"{c:g} applied plainly, {says(vs_s)} than the LoRA at {s:g} applied plainly, and "
+            f"{says(vs_guidance)} than guidance-gap reflection with the LoRA at {c:g} on every leg "
+            "(paired by prompt and seed).")
 
 
 def _cell_metric(cells: pd.DataFrame | None, group: pd.DataFrame, metric: str) -> float:

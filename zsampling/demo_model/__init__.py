@@ -30,6 +30,25 @@ WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.safetensors"
 
+DEMO_LORAS: tuple[str, ...] = ("thickness",)
+"""LoRAs shipped for the DDIM demo model (``lora_<name>.safetensors``, built by
+``scripts/train_demo_model.py --lora <name>``): "thickness" fine-tunes on the digits
+thickened by half a grey-scale dilation step, so positive scales draw bolder strokes."""
+
+LORA_ADAPTER_NAME = "w2sd"
+"""Adapter name under which a demo LoRA is loaded (the name the leg presets use)."""
+
+
+def lora_file(name: str) -> str:
+    """File name of the shipped demo LoRA ``name`` (one of ``DEMO_LORAS``).
+
+    Raises:
+        ValueError: unknown name, listing the shipped ones.
+    """
+    if name not in DEMO_LORAS:
+        raise ValueError(f"lora must be one of {DEMO_LORAS} (a shipped demo LoRA), got {name!r}")
+    return f"lora_{name}.safetensors"
+
 NUM_CLASSES = 10
 """Digit classes 0-9; the class embedding has one more row, the null class."""
 

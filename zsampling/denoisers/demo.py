@@ -321,6 +321,8 @@ def load_demo_pipeline(
     dtype: torch.dtype = torch.float32,
     model_dir: str | Path | None = None,
     family: str | None = None,
+    lora: str | None = None,
+    lora_path: str | Path | None = None,
 ) -> DemoPipeline:
     """Load the shipped demo model offline (well under a second on a CPU).
 
@@ -357,5 +359,31 @@ def load_demo_pipeline(
     conditioner.load_state_dict(cond_state, strict=True)
     unet.eval().requires_grad_(False)
     conditioner.eval().requires_grad_(False)
+    if lora is not None or lora_path is not None:
+        load_demo_lora(unet, _lora_file(directory, lora, lora_path))
     pipe = DemoPipeline(unet, conditioner, build_scheduler(config["scheduler"], stored), config)
     return pipe.to(device=device, dtype=dtype)
+
+
+def _lora_file(directory: Path, lora: str | None, lora_path: str | Path | None) -> Path:
+    from zsampling.demo_model import lora_file
+
+    if lora is not None and lora_path is not None:
+        raise ValueError("give lora (a shipped demo LoRA name) or lora_path (a file), not both")
+    path = directory / lora_file(lora) if lora is not None else Path(lora_path).expanduser()  # type: ignore[arg-type]
+    if not path.is_file():
+        raise ValueError(f"demo LoRA file {path} does not exist (shipped LoRAs are built by "
+                         "scripts/train_demo_model.py --lora NAME)")
+    return path
+
+
+def load_demo_lora(unet: nn.Module, path: str | Path) -> None:
+    """Load a demo LoRA file (diffusers keys ``unet.*``) onto ``unet`` as peft adapter "w2sd", scale 1."""
+    from safetensors.torch import load_file
+
+    from zsampling.demo_model import LORA_ADAPTER_NAME
+
+    state = load_file(str(path))
+    if not state or not all(k.startswith("unet.") and ".lora_" in k for k in state):
+        raise ValueError(f"{path} is not a demo LoRA file: expected only 'unet.*lora_A/B*' keys")
+    unet.load_lora_adapter(state, prefix="unet", adapter_name=LORA_ADAPTER_NAME)

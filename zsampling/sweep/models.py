@@ -9,7 +9,9 @@ Models (``model.name``):
 
 * ``"demo"``: the shipped 8x8 digits model (``load_demo_pipeline``); options
   ``family`` ("ddim", default, or "flow": its rectified-flow twin, which
-  needs ``zag: [euler]``) and ``model_dir`` (another copy of the weights).
+  needs ``zag: [euler]``), ``model_dir`` (another copy of the weights) and
+  ``lora`` (a shipped demo LoRA, e.g. "thickness") or ``lora_path`` (a LoRA
+  file), loaded as adapter "w2sd" for ``*.lora_scale`` knobs.
   Prompts "0".."9" / "digit 3".
 * ``"analytic"``: :class:`~zsampling.denoisers.analytic.GaussianMixtureModel`
   with exact scores; options are those of ``GaussianMixtureModel.default``
@@ -45,7 +47,8 @@ Metrics (``metrics:``): per-sample metrics have ``name``,
 ``higher_is_better`` and ``score(images, prompts) -> (B,)``; set-level
 metrics ``score_set(images, prompts) -> float`` per cell. Built in: demo
 ``alignment``, ``accuracy``, ``nn_distance`` (per sample) and
-``frechet_pca`` (set); analytic ``posterior`` (P(prompted components | x0)
+``frechet_pca`` (set), ``stroke_thickness`` (mean ink per sample, the
+thickness LoRA's property); analytic ``posterior`` (P(prompted components | x0)
 under the clean mixture); the weight-free quality guards
 ``clipping_fraction`` (demo and diffusers models) and ``saturation``
 (diffusers models, RGB), both lower-is-better. :func:`register_metric` adds more.
@@ -80,7 +83,7 @@ STEP_METRIC_KINDS: tuple[str, ...] = ("demo", "analytic")
 """Kinds whose predicted x0 maps to metric inputs without a VAE (per-step metrics)."""
 
 _OPTION_KEYS: dict[str, tuple[str, ...]] = {
-    "demo": ("model_dir", "family"),
+    "demo": ("model_dir", "family", "lora", "lora_path"),
     "analytic": ("d", "num_components", "radius", "std", "weights", "means", "covariances", "component_names",
                  "scheduler"),
     "tiny": ("seed", "guidance_embeds"),
@@ -181,13 +184,26 @@ def check_model_spec(model: ModelSpec, kind: str) -> None:
             raise SpecError(f"unknown key model.options.{option!r} for model {model.name!r}; allowed: "
                             f"{', '.join(allowed)}")
     if kind == "demo":
-        from zsampling.demo_model import CONFIG_FILE, WEIGHTS_FILE
+        from zsampling.demo_model import CONFIG_FILE, WEIGHTS_FILE, lora_file
 
         directory = demo_dir(model)
         for file in (WEIGHTS_FILE, CONFIG_FILE):
             if not (directory / file).is_file():
                 raise SpecError(f"model 'demo': {directory / file} is missing (the demo weights are built by "
                                 "scripts/train_demo_model.py; give model.options.model_dir for another copy)")
+        if "lora" in model.options and "lora_path" in model.options:
+            raise SpecError("model.options: give lora (a shipped demo LoRA) or lora_path (a file), not both")
+        path = None
+        if "lora" in model.options:
+            try:
+                path = directory / lora_file(model.options["lora"])
+            except ValueError as error:
+                raise SpecError(f"model.options.{error}") from None
+        elif "lora_path" in model.options:
+            path = Path(str(model.options["lora_path"])).expanduser()
+        if path is not None and not path.is_file():
+            raise SpecError(f"model 'demo': LoRA file {path} is missing (demo LoRAs are built by "
+                            "scripts/train_demo_model.py --lora NAME)")
     elif kind == "analytic":
         build_analytic(model.options, torch.float32, "cpu")
     elif kind == "tiny":
@@ -366,7 +382,8 @@ def load_model(spec: ModelSpec, device: torch.device) -> LoadedModel:
     if kind == "demo":
         from zsampling.denoisers.demo import load_demo_pipeline
 
-        pipe = load_demo_pipeline(device=device, dtype=dtype, model_dir=demo_dir(spec))
+        pipe = load_demo_pipeline(device=device, dtype=dtype, model_dir=demo_dir(spec), lora=options.get("lora"),
+                                  lora_path=options.get("lora_path"))
     elif kind == "analytic":
         pipe = build_analytic(options, dtype, device)
     elif kind == "preset":
@@ -500,6 +517,8 @@ register_metric("alignment", _demo_metric("DigitAlignment"), level="sample", kin
 register_metric("accuracy", _demo_metric("DigitAccuracy"), level="sample", kinds=("demo",), higher_is_better=True)
 register_metric("nn_distance", _demo_metric("NearestNeighbourDistance"), level="sample", kinds=("demo",),
                 higher_is_better=False)
+register_metric("stroke_thickness", _demo_metric("StrokeThickness"), level="sample", kinds=("demo",),
+                higher_is_better=True)
 register_metric("frechet_pca", lambda model: FrechetPCA(demo_metrics_dir(model.spec)), level="set", kinds=("demo",),
                 higher_is_better=False)
 register_metric("posterior", lambda model: PosteriorMetric(model.pipe), level="sample", kinds=("analytic",),

@@ -137,9 +137,9 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path | None = None) -
         raise SpecError(f"name must be a string, got {name!r}")
 
     lora_knobs = [knob for knob in grid if knob.endswith(".lora_scale") and any(v is not None for v in grid[knob])]
-    if lora_knobs and "lora_path" not in model.options:
-        raise SpecError(f"grid.{lora_knobs[0]}: LoRA scales need a LoRA: set model.options.lora_path (a preset or "
-                        "diffusers model)")
+    if lora_knobs and not {"lora_path", "lora"} & set(model.options):
+        raise SpecError(f"grid.{lora_knobs[0]}: LoRA scales need a LoRA: set model.options.lora_path (a preset, "
+                        "diffusers or demo model) or model.options.lora (a shipped demo LoRA)")
     models.check_model_spec(model, kind)
     models.check_prompts(model, kind, prompts, negative)
     allowed = models.metrics_for(kind)
