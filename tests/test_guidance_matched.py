@@ -188,7 +188,13 @@ def test_matched_baselines_share_seeds_and_budget(matched_run: tuple[object, obj
         assert link["source_cell"] == zig["cell"] and link["method"] == method and link["source_nfe"] == nfe
     scales = dict(zip(cells["method"], cells["guidance_scale"], strict=True))
     assert scales["cfg_matched_nfe"] == 3.0 and scales["cfg_matched_first_order"] == 6.0
-    assert scales["cfg_matched_measured"] == round(guidance.loc[zig["cell"], "effective_guidance"], 4)
+    # the matched cell uses the signed parallel form by default; both forms are recorded beside it
+    assert scales["cfg_matched_measured"] == round(guidance.loc[zig["cell"], "effective_guidance_parallel"], 4)
+    link = matched[matched["method"] == "cfg_matched_measured"].iloc[0]
+    assert link["measured_form"] == "parallel"
+    assert link["measured_scale_parallel"] == guidance.loc[zig["cell"], "effective_guidance_parallel"]
+    assert link["measured_scale_norm"] == guidance.loc[zig["cell"], "effective_guidance"]
+    assert link["measured_scale_norm"] != link["measured_scale_parallel"]
     assert guidance.loc[zig["cell"], "first_order"] == 6.0
     record = json.loads((out / "cells" / f"{zig['cell']}.json").read_text())
     assert record["effective_guidance"]["effective_guidance"] == guidance.loc[zig["cell"], "effective_guidance"]
