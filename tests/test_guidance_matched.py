@@ -350,3 +350,41 @@ def test_demo_end_to_end(tmp_path) -> None:
     assert math.isfinite(summary["effective_guidance"]) and summary["first_order"] == 1.5
     outputs = build_figures(data, n_resamples=100, names=MATCHED_FIGURES)
     assert all(o.skipped is None for o in outputs), [(o.name, o.skipped) for o in outputs]
+
+
+# ------------------------------------------------------- degenerate directions and limits
+def test_guidance_summary_ignores_steps_without_direction() -> None:
+    """Late steps on a well-separated mixture have eps_c == eps_u exactly; they must not make the summary NaN."""
+    model = GaussianMixtureModel([0.5, 0.5], [[-2.0], [2.0]], [0.3, 0.3])
+    _, trace = sample_with_trace(model, ["0", "1"] * 4, seed=list(range(8)), output_type="pt", progress=False,
+                                 num_inference_steps=50, guidance_scale=3.0, inversion_guidance_scale=0.0,
+                                 zigzag_steps=49)
+    frame = trace.effective_guidance()
+    zero = frame["direction_norm"].to_numpy() == 0
+    assert zero.any() and not zero.all()  # the degenerate case does occur
+    assert frame.loc[zero, "eff_guidance"].isna().all()  # undefined there, not a number
+    summary = guidance_summary(trace)
+    assert summary["no_direction_steps"] == int(zero.sum()) and summary["complete"]
+    kept = frame.loc[~zero]
+    weight = kept["direction_norm"].to_numpy()
+    for key, column in (("effective_guidance", "eff_guidance"), ("effective_guidance_parallel", "eff_guidance_parallel")):
+        expected = float((kept[column].to_numpy() * weight).sum() / weight.sum())
+        assert math.isfinite(summary[key]) and summary[key] == pytest.approx(expected, rel=1e-12)
+    assert summary["effective_guidance_median"] == pytest.approx(float(np.median(kept["eff_guidance"])), rel=1e-12)
+    assert summary["window_size"] == 49 and summary["num_steps"] == 50  # counts still see every step
+
+
+def test_official_effective_guidance_approaches_the_ddim_value(mixture: GaussianMixtureModel) -> None:
+    """The docstring's claim: the one-level offset of the "official" zag fades as T grows."""
+    g1, g2 = 3.0, 0.5
+    gaps = []
+    for steps in (25, 100, 400):
+        values = {}
+        for zag in ("official", "ddim"):
+            _, trace = sample_with_trace(mixture, ["0", "1", "2"] * 3, seed=list(range(9)), output_type="pt",
+                                         progress=False, num_inference_steps=steps, guidance_scale=g1,
+                                         inversion_guidance_scale=g2, zag=zag)
+            values[zag] = guidance_summary(trace)["effective_guidance_parallel"]
+        gaps.append(abs(values["official"] - values["ddim"]))
+    assert gaps[0] > 3 * gaps[1] > 9 * gaps[2]  # about 1/T
+    assert abs(values["official"] - (2 * g1 - g2)) < 0.2 and gaps[2] < 0.2

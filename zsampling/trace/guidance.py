@@ -43,9 +43,12 @@ residual``, so ``v = (g1 - g2) d + residual / c_i`` and the effective
 guidance is ``2 g1 - g2`` (``g1 + rounds (g1 - g2)``) up to
 ``residual_norm / (|c_i| ||d||)``, a term that vanishes with the step size.
 The released code's "official" zag is one schedule level off, so its value
-differs at finite T; how much is measured, not assumed (tests/test_guidance_matched.py
-checks on the analytic model that its weighted parallel form approaches the
-"ddim" zag's as T grows; the norm form does not, see below).
+differs at finite T (its per-step offset is O(step size) relative to the
+step, and the fallback at the last window step, where t_{i+1} - k < 0, weighs
+1/T of the run). On the analytic mixture the weighted parallel forms of the
+two operators approach each other and 2 g1 - g2 as T grows
+(tests/test_guidance_matched.py); on a trained model at the T one runs, the
+difference is a measured number, not a limit to rely on.
 
 Which form to match: the signed parallel form is what a larger CFG scale
 reproduces (stronger guidance moves only along d), so it is the default scale
