@@ -383,7 +383,7 @@ def compare(
         ``diff_ci_low``, ``diff_ci_high``, the guard columns (``reference``,
         ``reference_source``, ``distance_a``, ``distance_b``,
         ``distance_diff``, ``distance_ci_low``, ``distance_ci_high``; NaN /
-        empty for other metrics), ``ci_method`` and ``test``.
+        "none" for other metrics), ``ci_method`` and ``test``.
     """
     side_a, side_b = select(results, a), select(results, b)
     metrics = list(metrics) if metrics is not None else metric_columns(results)
@@ -395,7 +395,7 @@ def compare(
         pairs = pair_samples(side_a, side_b, metric, on=on)
         labels = pairs[cluster].to_numpy() if cluster is not None and cluster in pairs.columns else None
         guard = is_guard(metric, directions)
-        reference, source = None, ""
+        reference, source = None, "none"
         if guard:
             if references is not None and metric in references:
                 reference, source = float(references[metric]), "data"

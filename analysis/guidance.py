@@ -464,7 +464,7 @@ def guidance_profile(
         for name, value in values.items():
             lines.append({**dict(zip(by, key, strict=True)), "quantity": REFERENCE_LINES[name], "step": np.nan,
                           "mean": value, "ci_low": np.nan, "ci_high": np.nan, "n": summary["n_samples"],
-                          "unit": "", "n_clusters": 0})
+                          "unit": "reference line", "n_clusters": 0})
     out = pd.concat([curves, pd.DataFrame(lines, columns=curves.columns)], ignore_index=True)
     return out[[*by, "quantity", "step", "mean", "ci_low", "ci_high", "n", "unit", "n_clusters"]]
 

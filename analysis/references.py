@@ -66,9 +66,8 @@ def guard_references(model: str | None, metrics: Sequence[str]) -> dict[str, flo
     if model != DEMO_MODEL or not guards:
         return {}
     from zsampling.metrics import get_scorer
-    from zsampling.metrics.demo import data_images
 
-    images, _ = data_images()
+    images = _data_pixels().reshape(-1, 8, 8, 1)  # (N, H, W, C) in [0, 1], as the scorers accept
     out = {}
     for guard in guards:
         try:
@@ -77,6 +76,21 @@ def guard_references(model: str | None, metrics: Sequence[str]) -> dict[str, flo
             continue
         out[guard] = float(scorer.score(images).double().mean())
     return out
+
+
+def _data_pixels() -> np.ndarray:
+    """The real digits as float64 (N, 64) in [0, 1] (the stored uint8 levels / 16, as the demo metrics use)."""
+    from zsampling.metrics.demo import load_metric_arrays
+
+    return load_metric_arrays()["data_pixels_u8"].astype(np.float64) / 16.0
+
+
+def _features(pixels: np.ndarray) -> np.ndarray:
+    """PCA features (N, 16) of (N, 64) pixels with the stored PCA (as :func:`zsampling.metrics.demo.pca_features`)."""
+    from zsampling.metrics.demo import load_metric_arrays
+
+    arrays = load_metric_arrays()
+    return (pixels - arrays["pca_mean"]) @ arrays["pca_components"].T
 
 
 def _stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -116,11 +130,10 @@ def frechet_interval(
         ``(distance, ci_low, ci_high)``: the percentile interval of the
         stratified resamples, shifted by their mean bias (module docstring).
     """
-    import torch
-
-    from zsampling.metrics.demo import pca_features
-
-    features = pca_features(torch.as_tensor(np.asarray(images, dtype=np.float32)))
+    pixels = np.asarray(images, dtype=np.float64)
+    if pixels.ndim != 4 or pixels.shape[1:] != (1, 8, 8):
+        raise ValueError(f"images must have shape (N, 1, 8, 8), got {pixels.shape}")
+    features = _features(pixels.reshape(pixels.shape[0], 64))
     labels = pd.factorize(pd.Series(np.asarray(strata, dtype=object).reshape(-1)))[0]
     if labels.size != features.shape[0]:
         raise ValueError(f"strata must give one prompt per image, got {labels.size} for {features.shape[0]}")
@@ -161,11 +174,10 @@ def frechet_noise_floor(
     Raises:
         ValueError: a class asks for more than half of its real images.
     """
-    from zsampling.metrics.demo import data_images, pca_features
+    from zsampling.metrics.demo import load_metric_arrays
 
-    images, labels = data_images()
-    features = pca_features(images)
-    labels = labels.numpy()
+    features = _features(_data_pixels())
+    labels = load_metric_arrays()["data_labels"].astype(np.int64)
     pools = {}
     for digit, count in class_counts.items():
         pool = np.flatnonzero(labels == int(digit))

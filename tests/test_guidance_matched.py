@@ -300,7 +300,11 @@ def test_verdict_rules() -> None:
     assert analysis.guidance.headline(tie, set())[0] == "No detectable difference"
     assert analysis.guidance.headline(guard, {"nn_distance"})[0] == "Yes"  # quality guards are reported apart
     text = analysis.verdict_markdown(guard)
-    assert "**Yes**" in text and "nn_distance vs CFG at measured g_eff, same NFE: worse" in text
+    assert "**Yes**" in text and "nn_distance vs CFG at measured g_eff (parallel), same NFE: worse" in text
+    tie_text = analysis.verdict_markdown(tie)
+    # a CI covering 0.5 is "no detectable difference at this n", always with its interval, never "equal"
+    assert "no detectable difference at this n from cfg_matched_measured (win rate 0.50, 95% CI [0.40, 0.60]" \
+        in tie_text and "equal" not in tie_text.lower()
 
 
 # -------------------------------------------------------------- quality guards
@@ -310,7 +314,8 @@ def test_quality_scorers() -> None:
     assert isinstance(clip, ClippingFraction) and clip.name == "clipping_fraction" and not clip.higher_is_better
     assert clip.score(images, ["a", "b"]).tolist() == [0.5, 0.0]
     assert ClippingFraction(low=False).score(images).tolist() == [0.25, 0.0]
-    assert analysis.higher_is_better("clipping_fraction") is False and analysis.higher_is_better("saturation") is False
+    # guards have no fixed direction in the analysis: they are judged by the distance from the data's value
+    assert analysis.stats.is_guard("clipping_fraction") and analysis.stats.is_guard("saturation")
     rgb = torch.zeros(2, 3, 2, 2)
     rgb[0, 0] = 1.0  # pure red: saturation 1
     rgb[1] = 0.5  # grey: 0
