@@ -372,7 +372,8 @@ def test_guidance_summary_ignores_steps_without_direction() -> None:
     assert summary["no_direction_steps"] == int(zero.sum()) and summary["complete"]
     kept = frame.loc[~zero]
     weight = kept["direction_norm"].to_numpy()
-    for key, column in (("effective_guidance", "eff_guidance"), ("effective_guidance_parallel", "eff_guidance_parallel")):
+    for key, column in (("effective_guidance", "eff_guidance"),
+                        ("effective_guidance_parallel", "eff_guidance_parallel")):
         expected = float((kept[column].to_numpy() * weight).sum() / weight.sum())
         assert math.isfinite(summary[key]) and summary[key] == pytest.approx(expected, rel=1e-12)
     assert summary["effective_guidance_median"] == pytest.approx(float(np.median(kept["eff_guidance"])), rel=1e-12)
