@@ -82,8 +82,8 @@ PROFILE_QUANTITIES: dict[str, str] = {
 REFERENCE_LINES: dict[str, str] = {
     "g1": "g1 (standard sampling)",
     "first_order": "first order g1 + R(g1\N{MINUS SIGN}g2)",
-    "measured": "measured, parallel form (||d||-weighted; the matched scale)",
-    "measured_norm": "measured, norm form (||d||-weighted)",
+    "measured": "measured, parallel form (matched scale)",
+    "measured_norm": "measured, norm form",
 }
 """Horizontal reference lines of the effective-guidance figure."""
 

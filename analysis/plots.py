@@ -402,6 +402,7 @@ _REFERENCE_COLORS: dict[str, tuple[float, float, float]] = {
     REFERENCE_LINES["g1"]: COLORS["standard"],
     REFERENCE_LINES["first_order"]: COLORS["cfg_matched_first_order"],
     REFERENCE_LINES["measured"]: COLORS["cfg_matched_measured"],
+    REFERENCE_LINES["measured_norm"]: PALETTE[9],
 }
 """Reference lines of the effective-guidance figure share the colours of the matching baselines."""
 
@@ -418,7 +419,8 @@ def plot_effective_guidance(frame: pd.DataFrame, *, title: str | None = None) ->
 
     Solid: the norm form ||g1 d + sum v|| / ||d|| (the critique's
     definition); dashed: the signed parallel form; the band is the 95 %
-    bootstrap CI over samples. The y axis is clipped to the central range
+    bootstrap CI (prompts resampled when they repeat). Dotted reference
+    lines carry their values at the right edge. The y axis is clipped to the central range
     of the curves (the last steps, where ||d|| -> 0, can be far off).
     """
     _require(frame, ["quantity", "step", "mean", "ci_low", "ci_high"], "plot_effective_guidance")
@@ -441,8 +443,10 @@ def plot_effective_guidance(frame: pd.DataFrame, *, title: str | None = None) ->
                 ax.fill_between(xs, low, high, color=color, alpha=0.18, linewidth=0)
         for k, (_, line) in enumerate(lines.iterrows()):
             color = _REFERENCE_COLORS.get(str(line["quantity"]), _EXTRA[k % len(_EXTRA)])
-            ax.axhline(float(line["mean"]), color=color, linestyle=":", linewidth=1.4,
-                       label=f"{line['quantity']} = {float(line['mean']):.2f}")
+            value = float(line["mean"])
+            ax.axhline(value, color=color, linestyle=":", linewidth=1.4, label=str(line["quantity"]))
+            ax.text(1.005, value, f"{value:.2f}", transform=ax.get_yaxis_transform(), color=color, fontsize=7,
+                    va="center", ha="left", clip_on=False)
         values = curves["mean"].to_numpy(dtype=float)
         values = np.concatenate([values[np.isfinite(values)], lines["mean"].to_numpy(dtype=float)])
         if values.size:
