@@ -6,8 +6,12 @@ figures. Nothing here imports a model or a denoiser; only
 
 Public API:
 
-* statistics: :func:`bootstrap_ci`, :func:`mean_ci`, :func:`summarize`,
-  :func:`higher_is_better` (metric direction);
+* statistics: :func:`bootstrap_ci`, :func:`cluster_bootstrap_ci` (prompt-level),
+  :func:`mean_ci`, :func:`summarize`, :func:`wilson_interval`, :func:`holm`,
+  :func:`higher_is_better` (metric direction) and :func:`is_guard` (quality
+  guards, judged by the distance from the data's value);
+* references: :func:`guard_references` (the data's guard values),
+  :func:`frechet_table` (Frechet distance with its CI and the real-data noise floor);
 * paired comparison: :func:`win_rate`, :func:`compare` (a win-rate table
   across metrics), :func:`pair_samples`, :func:`select`;
 * cost-aware comparison: :func:`cost_curve`, :func:`cost_matched_pairs`,
@@ -31,6 +35,7 @@ Public API:
 from analysis.ablation import ablation_curve
 from analysis.compare import (
     WinRate,
+    add_holm,
     compare,
     cost_curve,
     cost_matched_comparison,
@@ -50,9 +55,19 @@ from analysis.guidance import (
     matched_pairs,
     verdict_markdown,
 )
+from analysis.references import frechet_table, guard_references
 from analysis.report import FIGURES, build_figures, write_figures
 from analysis.run import RunData, load_run, sample_frame, trace_frame, trajectory_frame, x0_frame
-from analysis.stats import bootstrap_ci, higher_is_better, mean_ci, summarize
+from analysis.stats import (
+    bootstrap_ci,
+    cluster_bootstrap_ci,
+    higher_is_better,
+    holm,
+    is_guard,
+    mean_ci,
+    summarize,
+    wilson_interval,
+)
 from analysis.tables import method_label, metric_columns, operator_label, reference_settings
 from analysis.trajectory import pca_project, trajectory_segments
 
@@ -61,19 +76,25 @@ __all__ = [
     "RunData",
     "WinRate",
     "ablation_curve",
+    "add_holm",
     "bootstrap_ci",
+    "cluster_bootstrap_ci",
     "build_figures",
     "compare",
     "cost_curve",
     "cost_matched_comparison",
     "cost_matched_pairs",
     "decomposition_profile",
+    "frechet_table",
     "gain_profile",
     "guidance_frame",
     "guidance_profile",
+    "guard_references",
     "higher_is_better",
+    "holm",
     "injection_comparison",
     "injection_schedule",
+    "is_guard",
     "load_run",
     "matched_comparison",
     "matched_cost_curve",
@@ -94,6 +115,7 @@ __all__ = [
     "trajectory_frame",
     "trajectory_segments",
     "verdict_markdown",
+    "wilson_interval",
     "win_rate",
     "wilcoxon_p",
     "write_figures",

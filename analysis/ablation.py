@@ -39,7 +39,8 @@ from analysis.tables import (
 
 AblationAxis = Literal["zigzag_steps", "inversion_guidance_scale", "guidance_gap", "num_inference_steps", "rounds"]
 
-CURVE_COLUMNS: tuple[str, ...] = ("metric", "level", "method", "operator", "mean", "ci_low", "ci_high", "n")
+CURVE_COLUMNS: tuple[str, ...] = ("metric", "level", "method", "operator", "mean", "ci_low", "ci_high", "n", "unit",
+                                   "n_clusters")
 
 
 def ablation_curve(
@@ -75,7 +76,9 @@ def ablation_curve(
         Long format: ``by`` columns, ``x`` (and ``guidance_scale`` on the g2
         and gap axes), ``metric``, ``level`` ("sample" | "set"), ``method``
         ("zigzag" | "standard"), ``operator`` (the hue), ``mean``,
-        ``ci_low``, ``ci_high``, ``n``. Sorted by group, operator, x.
+        ``ci_low``, ``ci_high``, ``n``, ``unit`` ("prompt" when prompts repeat
+        and whole prompts were resampled, else "sample") and ``n_clusters``.
+        Sorted by group, operator, x.
     """
     if x not in (*ABLATION_AXES, "guidance_gap"):
         raise ValueError(f"x must be one of {(*ABLATION_AXES, 'guidance_gap')}, got {x!r}")
@@ -96,7 +99,7 @@ def ablation_curve(
             continue
         if rows.empty:
             continue
-        summary = summarize(rows, keys, metric, seed=seed, n_resamples=n_resamples)
+        summary = summarize(rows, keys, metric, seed=seed, n_resamples=n_resamples, cluster="prompt_index")
         summary.insert(0, "metric", metric)
         summary["level"] = "sample"
         per_sample.append(summary)
@@ -112,6 +115,8 @@ def ablation_curve(
             ).reset_index()
             summary["ci_low"] = np.nan
             summary["ci_high"] = np.nan
+            summary["unit"] = "set (no interval)"
+            summary["n_clusters"] = 0
             summary.insert(0, "metric", metric)
             summary["level"] = "set"
             per_sample.append(summary)

@@ -20,7 +20,9 @@ per-reflection numbers in one table, with the projection re-signed so that
 positive means "along the gap term" (c_i < 0, so the raw projection on d is
 negative when the gain follows the prompt). :func:`injection_schedule` puts
 the stepwise accumulation beside the alternative the theory compares it
-with: injecting the same total gap budget once, at the end of the window.
+with: injecting the same total gap budget once, at the end of the window,
+each term first carried to that noise level with the DDIM step's
+first-order factor (so "same budget" holds at one level).
 :func:`summed_gap` computes that one-shot injection vector from a trace with
 eps kept (so a notebook can add it to a standard run's latent and score the
 outcome), and :func:`injection_comparison` compares the two outcome tables.
@@ -55,9 +57,9 @@ GAIN_QUANTITIES: dict[str, str] = {
 """Per-step quantities (column -> legend label) of the semantic-gain figure."""
 
 SCHEDULES: tuple[str, ...] = (
-    "stepwise (Z-Sampling): cumulative gap budget",
-    "end-to-end injection: same budget once",
-    "realised ||\N{GREEK CAPITAL LETTER SIGMA}\N{GREEK SMALL LETTER DELTA}|| (Z-Sampling)",
+    "stepwise (Z-Sampling): cumulative gap budget, carried to the window's end",
+    "end-to-end injection: the same carried budget once",
+    "recorded ||\N{GREEK CAPITAL LETTER SIGMA}\N{GREEK SMALL LETTER DELTA}|| (Z-Sampling, not carried)",
 )
 """Curves of :func:`injection_schedule`."""
 
@@ -83,7 +85,10 @@ def semantic_gain(trace_frame: pd.DataFrame) -> pd.DataFrame:
           accumulated gain, = ``gain_cum_norm``);
         * ``cum_gap_budget``: sum of ||gap term|| so far (the injected budget);
         * ``cum_gain_sum``: sum of ||delta|| so far;
-        * ``cum_along_gap``: sum of ``gain_along_gap`` so far.
+        * ``cum_along_gap``: sum of ``gain_along_gap`` so far;
+        * ``a_step_from``, ``a_step_to``: ab at the ordinary step's start
+          and end (t_i and t_{i+1}), the levels :func:`injection_schedule`
+          carries the gap terms with.
 
         ``reflection`` numbers the reflections of a sample in loop order.
     """
@@ -110,8 +115,12 @@ def semantic_gain(trace_frame: pd.DataFrame) -> pd.DataFrame:
     gain["cum_gap_budget"] = grouped["gap_norm"].cumsum()
     gain["cum_gain_sum"] = grouped["gain_norm"].cumsum()
     gain["cum_along_gap"] = grouped["gain_along_gap"].cumsum()
+    steps = frame[frame["op"] == "step"][[*ids, "sample", "step", "a_from", "a_to"]]
+    gain = gain.merge(steps.rename(columns={"a_from": "a_step_from", "a_to": "a_step_to"}),
+                      on=[*ids, "sample", "step"], how="left")
     keep = [*ids, "sample", *(["prompt"] if "prompt" in gain else []), "reflection", "step", "round", "t_from",
-            "t_to", "c", "g1", "g2", "guidance_gap", "gain_norm", "gap_norm", "residual_norm", "gain_parallel",
+            "t_to", "a_step_from", "a_step_to", "c", "g1", "g2", "guidance_gap", "gain_norm", "gap_norm",
+            "residual_norm", "gain_parallel",
             "gain_along_gap", "gain_orthogonal", "gain_cos", "gap_share", "cum_gain_norm", "cum_gap_budget",
             "cum_gain_sum", "cum_along_gap"]
     return gain[[c for c in keep if c in gain.columns]]
@@ -139,9 +148,10 @@ def gain_profile(
         value is its total over rounds; for one round it is the reflection).
     """
     by = list(by)
-    per_step = gain.groupby([*by, "sample", "step"], observed=True, sort=True)[list(quantities)].sum(min_count=1)
-    long = per_step.reset_index().melt(id_vars=[*by, "sample", "step"], var_name="quantity", value_name="value")
-    return summarize(long, [*by, "quantity", "step"], "value", seed=seed, n_resamples=n_resamples)
+    unit = [*by, "sample", *(["prompt"] if "prompt" in gain.columns else [])]
+    per_step = gain.groupby([*unit, "step"], observed=True, sort=True)[list(quantities)].sum(min_count=1)
+    long = per_step.reset_index().melt(id_vars=[*unit, "step"], var_name="quantity", value_name="value")
+    return summarize(long, [*by, "quantity", "step"], "value", seed=seed, n_resamples=n_resamples, cluster="prompt")
 
 
 def injection_schedule(
@@ -154,35 +164,57 @@ def injection_schedule(
 ) -> pd.DataFrame:
     """Cumulative gap budget: step-by-step (Z-Sampling) vs once at the end of the window.
 
-    For each sample, the stepwise schedule's cumulative injected budget after
-    step i is ``sum_{j <= i} ||gap_j||``; the end-to-end schedule injects the
-    same total ``sum_j ||gap_j||`` in one go after the window's last step
-    (0 before). Both reach the same budget; what differs is *when* the
-    prompt information enters, which is what the paper's theory contrasts
-    (later steps see, and build on, the earlier stepwise gains). The realised
-    accumulated gain ``||sum_{j <= i} delta_j||`` (from the trace) is the
-    third curve.
+    The gap terms c_j (g1 - g2) d_j are injected at different noise levels
+    (x_j at ab[t_j]), so their norms are not one budget until they are
+    expressed at one level. Each term is carried to the level at the end of
+    the window (ab[t_{w+1}], w the sample's last reflecting step) with the
+    toolkit's own first-order factor: an ordinary DDIM step maps a latent
+    perturbation delta at x_j to ``sqrt(ab[t_{j+1}] / ab[t_j]) delta`` at
+    x_{j+1} (eps held fixed; :mod:`zsampling.trace.guidance`), so through
+    step w it becomes ``sqrt(ab[t_{w+1}] / ab[t_j]) delta`` (the product
+    telescopes). The stepwise curve after step i is
+    ``sum_{j <= i} sqrt(ab[t_{w+1}] / ab[t_j]) ||gap_j||``; the end-to-end
+    curve injects its total once, after step w (0 before). Both then reach
+    the same budget at the same level; what differs is *when* the prompt
+    information enters (later steps see, and build on, the earlier stepwise
+    gains; the first-order carry ignores exactly that network response).
+    The third curve is the trace's recorded ``||sum_{j <= i} delta_j||``,
+    a sum of vectors at different levels, not carried (the trace keeps norms
+    only): read its shape, not its height against the other two.
 
     Args:
-        gain: :func:`semantic_gain`'s table.
+        gain: :func:`semantic_gain`'s table (with ``a_step_from`` / ``a_step_to``).
         num_steps: extend the curves flat to step ``num_steps - 1`` (T - 1),
             so they cover the whole trajectory.
         by: extra grouping (e.g. ``("operator",)``).
 
     Returns:
         Long format: ``by``, ``schedule`` (:data:`SCHEDULES`), ``step``,
-        ``mean``, ``ci_low``, ``ci_high``, ``n``.
+        ``mean``, ``ci_low``, ``ci_high``, ``n``, ``unit``, ``n_clusters``
+        (prompt-level bootstrap when the table has ``prompt`` and prompts repeat).
+
+    Raises:
+        KeyError: ``gain`` lacks the step levels (make it with :func:`semantic_gain`).
     """
+    missing = [c for c in ("a_step_from", "a_step_to") if c not in gain.columns]
+    if missing:
+        raise KeyError(f"gain lacks columns {missing} (the step levels the gap terms are carried with); "
+                       "build it with analysis.semantic_gain(trace.to_frame())")
     by = list(by)
-    per_step = gain.groupby([*by, "sample", "step"], observed=True, sort=True).agg(
-        gap=("gap_norm", "sum"), realised=("cum_gain_norm", "last")).reset_index()
+    unit = [*by, "sample", *(["prompt"] if "prompt" in gain.columns else [])]
+    per_step = gain.groupby([*unit, "step"], observed=True, sort=True).agg(
+        gap=("gap_norm", "sum"), realised=("cum_gain_norm", "last"), a_from=("a_step_from", "first"),
+        a_to=("a_step_to", "first")).reset_index()
     last = int(per_step["step"].max()) if not per_step.empty else 0
     steps = np.arange(0, max(last + 1, num_steps or 0))
     rows = []
-    for key, sample in per_step.groupby([*by, "sample"], observed=True, sort=True):
+    for key, sample in per_step.groupby(unit, observed=True, sort=True):
         key = key if isinstance(key, tuple) else (key,)
-        ids = dict(zip([*by, "sample"], key, strict=True))
-        gap = pd.Series(sample["gap"].to_numpy(), index=sample["step"].to_numpy()).reindex(steps, fill_value=0.0)
+        ids = dict(zip(unit, key, strict=True))
+        sample = sample.sort_values("step")
+        a_end = float(sample["a_to"].iloc[-1])
+        carried = sample["gap"].to_numpy() * np.sqrt(a_end / sample["a_from"].to_numpy(dtype=np.float64))
+        gap = pd.Series(carried, index=sample["step"].to_numpy()).reindex(steps, fill_value=0.0)
         realised = pd.Series(sample["realised"].to_numpy(), index=sample["step"].to_numpy()).reindex(steps).ffill()
         stepwise = gap.cumsum().to_numpy()
         total = stepwise[-1]
@@ -192,8 +224,8 @@ def injection_schedule(
         for name, values in zip(SCHEDULES, (stepwise, end_to_end, realised), strict=True):
             rows += [{**ids, "schedule": name, "step": int(s), "value": float(v)} for s, v in zip(steps, values,
                                                                                                    strict=True)]
-    long = pd.DataFrame(rows, columns=[*by, "sample", "schedule", "step", "value"])
-    out = summarize(long, [*by, "schedule", "step"], "value", seed=seed, n_resamples=n_resamples)
+    long = pd.DataFrame(rows, columns=[*unit, "schedule", "step", "value"])
+    out = summarize(long, [*by, "schedule", "step"], "value", seed=seed, n_resamples=n_resamples, cluster="prompt")
     out["schedule"] = pd.Categorical(out["schedule"], SCHEDULES)
     return out.sort_values([*by, "schedule", "step"]).reset_index(drop=True).assign(
         schedule=lambda f: f["schedule"].astype(str))
@@ -210,8 +242,10 @@ class _TraceLike(Protocol):
 def summed_gap(trace: _TraceLike, *, through_step: int | None = None) -> np.ndarray:
     """The total gap term ``sum_i c_i (g1 - g2) (eps_c - eps_u)(x_i, t_i)`` per sample.
 
-    The one-shot "end-to-end injection" of the theory: the same gap budget
-    Z-Sampling injects reflection by reflection, summed into one vector that
+    The one-shot "end-to-end injection" of the theory: the gap terms
+    Z-Sampling injects reflection by reflection, summed as they are (each at
+    its own noise level, not carried to a common one as
+    :func:`injection_schedule` does) into one vector that
     a notebook adds once (e.g. to a standard run's final latent, same seed)
     and scores with the model's metric, then compares with
     :func:`injection_comparison`. Computed from the eps_u / eps_c the zig

@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 
 from analysis.gain import GAIN_QUANTITIES, SCHEDULES
 from analysis.guidance import BASELINE_LABELS, REFERENCE_LINES
-from analysis.stats import direction_label, higher_is_better
+from analysis.stats import direction_label, higher_is_better, is_guard
 from analysis.tables import AXIS_LABELS, ordered
 
 PALETTE: list[tuple[float, float, float]] = list(sns.color_palette("colorblind", 10))
@@ -136,8 +136,29 @@ def _heading(*parts: Any) -> str:
 
 
 def _short_metric(metric: str) -> str:
+    """The metric with its better direction: an arrow, or "-> ref" for a quality guard (closer to the reference)."""
+    if is_guard(metric):
+        return f"{metric}\n(closer to ref.)"
     arrow = "\N{UPWARDS ARROW}" if higher_is_better(metric) else "\N{DOWNWARDS ARROW}"
     return f"{metric} {arrow}"
+
+
+def significance_stars(p_value: float) -> str:
+    """"***" (p < 0.001), "**" (< 0.01), "*" (< 0.05), "ns" otherwise, "" for NaN: compact bar labels."""
+    if not np.isfinite(p_value):
+        return ""
+    return "***" if p_value < 0.001 else "**" if p_value < 0.01 else "*" if p_value < 0.05 else "ns"
+
+
+def unit_caption(table: pd.DataFrame) -> str:
+    """One line on what the intervals and tests resampled / ranked, from a win-rate table's columns."""
+    parts = []
+    if "unit" in table and "n_clusters" in table:
+        units = table[["unit", "n_clusters"]].drop_duplicates()
+        parts.append("unit: " + ", ".join(f"{int(n)} {u}s" for u, n in units.itertuples(index=False)))
+    if "ci_method" in table:
+        parts.append("CI: " + "; ".join(str(m) for m in pd.unique(table["ci_method"]) if str(m)))
+    return "; ".join(parts)
 
 
 # --------------------------------------------------------------------- win rate
@@ -155,11 +176,15 @@ def plot_win_rate(table: pd.DataFrame, *, title: str | None = None, hue: str = "
             e.g. ``"baseline"`` for the guidance-matched comparison).
         hue_title: its legend title.
 
-    Bars are grouped by metric (arrow = the metric's better direction) and
-    coloured by ``hue``; the dashed line is 0.5 (no difference) and each
-    bar is labelled with its Wilcoxon p-value.
+    Bars are grouped by metric (arrow = the metric's better direction;
+    guards: closer to the reference value) and coloured by ``hue``; the
+    dashed line is 0.5 (no difference). Each bar carries significance stars
+    (:func:`significance_stars`) of ``p_holm`` when the table has it, else
+    of ``p_value`` (the exact p-values stay in the CSV); the subtitle says
+    which, and the resampled unit and interval method (:func:`unit_caption`).
     """
     _require(table, [hue, "metric", "win_rate", "ci_low", "ci_high", "p_value"], "plot_win_rate")
+    p_column = "p_holm" if "p_holm" in table.columns else "p_value"
     comparisons, models = _facet_values(table, "comparison"), _facet_values(table, "model")
     fig, axes = new_figure(len(models), len(comparisons), panel=(max(3.0, 1.1 * table["metric"].nunique() + 1.2),
                                                                  2.8), sharey=True)
@@ -180,8 +205,9 @@ def plot_win_rate(table: pd.DataFrame, *, title: str | None = None, hue: str = "
                 err = np.vstack([y - rows["ci_low"].to_numpy(dtype=float), rows["ci_high"].to_numpy(dtype=float) - y])
                 ax.bar(x, y, width=width * 0.95, color=color_for(str(operator), operators), label=operator,
                        yerr=np.clip(err, 0, None), capsize=2.5, error_kw={"elinewidth": 0.9})
-                for xi, hi, p in zip(x, rows["ci_high"], rows["p_value"], strict=True):
-                    ax.text(xi, min(float(hi), 1.0) + 0.02, f"p={p:.2g}", ha="center", va="bottom", fontsize=6)
+                for xi, hi, p in zip(x, rows["ci_high"], rows[p_column], strict=True):
+                    ax.text(xi, min(float(hi), 1.0) + 0.015, significance_stars(float(p)), ha="center",
+                            va="bottom", fontsize=7)
             ax.axhline(0.5, color="0.3", linestyle="--", linewidth=0.9)
             ax.set_xticks(range(len(metrics)), [_short_metric(m) for m in metrics])
             ax.set_ylim(0, 1.12)
@@ -191,7 +217,11 @@ def plot_win_rate(table: pd.DataFrame, *, title: str | None = None, hue: str = "
             if heading:
                 ax.set_title(heading)
     _figure_legend(fig, hue_title, ncols=max(2, min(4, int(fig.get_figwidth() // 2.2))))
-    fig.suptitle(title or "Win rate of Z-Sampling over standard sampling (paired by prompt and seed)", fontsize=10)
+    test = "Holm-adjusted Wilcoxon p" if p_column == "p_holm" else "Wilcoxon p"
+    note = f"{test}: * < 0.05, ** < 0.01, *** < 0.001, ns otherwise"
+    caption = unit_caption(table)
+    fig.suptitle((title or "Win rate of Z-Sampling over standard sampling (paired by prompt and seed)")
+                 + f"\n{note}" + (f"\n{caption}" if caption else ""), fontsize=9)
     return fig
 
 
@@ -372,6 +402,7 @@ _REFERENCE_COLORS: dict[str, tuple[float, float, float]] = {
     REFERENCE_LINES["g1"]: COLORS["standard"],
     REFERENCE_LINES["first_order"]: COLORS["cfg_matched_first_order"],
     REFERENCE_LINES["measured"]: COLORS["cfg_matched_measured"],
+    REFERENCE_LINES["measured_norm"]: PALETTE[9],
 }
 """Reference lines of the effective-guidance figure share the colours of the matching baselines."""
 
@@ -388,7 +419,8 @@ def plot_effective_guidance(frame: pd.DataFrame, *, title: str | None = None) ->
 
     Solid: the norm form ||g1 d + sum v|| / ||d|| (the critique's
     definition); dashed: the signed parallel form; the band is the 95 %
-    bootstrap CI over samples. The y axis is clipped to the central range
+    bootstrap CI (prompts resampled when they repeat). Dotted reference
+    lines carry their values at the right edge. The y axis is clipped to the central range
     of the curves (the last steps, where ||d|| -> 0, can be far off).
     """
     _require(frame, ["quantity", "step", "mean", "ci_low", "ci_high"], "plot_effective_guidance")
@@ -411,8 +443,10 @@ def plot_effective_guidance(frame: pd.DataFrame, *, title: str | None = None) ->
                 ax.fill_between(xs, low, high, color=color, alpha=0.18, linewidth=0)
         for k, (_, line) in enumerate(lines.iterrows()):
             color = _REFERENCE_COLORS.get(str(line["quantity"]), _EXTRA[k % len(_EXTRA)])
-            ax.axhline(float(line["mean"]), color=color, linestyle=":", linewidth=1.4,
-                       label=f"{line['quantity']} = {float(line['mean']):.2f}")
+            value = float(line["mean"])
+            ax.axhline(value, color=color, linestyle=":", linewidth=1.4, label=str(line["quantity"]))
+            ax.text(1.005, value, f"{value:.2f}", transform=ax.get_yaxis_transform(), color=color, fontsize=7,
+                    va="center", ha="left", clip_on=False)
         values = curves["mean"].to_numpy(dtype=float)
         values = np.concatenate([values[np.isfinite(values)], lines["mean"].to_numpy(dtype=float)])
         if values.size:
@@ -667,3 +701,50 @@ def figure_is_empty(fig: Figure) -> bool:
         if ax.lines or ax.patches or ax.collections or ax.images:
             return False
     return True
+
+
+# ----------------------------------------------------------------- set-level fidelity
+@styled
+def plot_fidelity(frame: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """Frechet distance per cell with its CI, against the real data's noise floor at the same n.
+
+    Args:
+        frame: :func:`analysis.report.fidelity_data` (``label``, ``method``,
+            ``zag``, ``frechet_pca``, ``ci_low``, ``ci_high``,
+            ``floor_vs_data`` (+ ``_low`` / ``_high``), ``floor_two_subsets``
+            (+ ``_low`` / ``_high``), ``n``).
+
+    One row per cell (colour: method / zag operator). The grey band is the
+    central 95 % range of real subsets of the same size and class mix scored
+    like a generated set (against the full data statistics); the hatched band
+    the same for two disjoint real subsets. Lower is closer to the data.
+    """
+    _require(frame, ["label", "method", "frechet_pca", "ci_low", "ci_high", "floor_vs_data_low",
+                     "floor_vs_data_high"], "plot_fidelity")
+    rows = frame.reset_index(drop=True)
+    fig, axes = new_figure(1, 1, panel=(7.0, 0.26 * len(rows) + 1.2))
+    ax = axes[0, 0]
+    floor = rows.iloc[0]
+    ax.axvspan(float(floor["floor_vs_data_low"]), float(floor["floor_vs_data_high"]), color="0.6", alpha=0.35,
+               linewidth=0, label=f"real data, same n (vs data stats): {float(floor['floor_vs_data']):.3f}")
+    if "floor_two_subsets_low" in rows:
+        ax.axvspan(float(floor["floor_two_subsets_low"]), float(floor["floor_two_subsets_high"]), facecolor="none",
+                   edgecolor="0.4", hatch="///", linewidth=0.6,
+                   label=f"two disjoint real subsets, same n: {float(floor['floor_two_subsets']):.3f}")
+    ys = np.arange(len(rows))
+    for y, (_, row) in zip(ys, rows.iterrows(), strict=True):
+        method = str(row["method"])
+        key = f"zigzag ({row['zag']})" if method == "zigzag" else method
+        color = color_for(key)
+        value = float(row["frechet_pca"])
+        ax.errorbar([value], [y], xerr=[[value - float(row["ci_low"])], [float(row["ci_high"]) - value]], fmt="o",
+                    color=color, markersize=3.5, capsize=2, elinewidth=0.9)
+    ax.set_yticks(ys, rows["label"].tolist())
+    ax.invert_yaxis()
+    ax.set_xlabel("Frechet distance (PCA) to the data, 95% CI; lower is closer")
+    ax.set_xlim(left=0)
+    n = int(rows["n"].iloc[0]) if "n" in rows else 0
+    _figure_legend(fig, "noise floor (central 95% of 200 random real subsets)", ncols=1)
+    fig.suptitle(title or f"Set-level fidelity per cell (n = {n} images each; seeds resampled within prompts)",
+                 fontsize=10)
+    return fig

@@ -32,9 +32,18 @@ from analysis.guidance import (
     matched_cost_curve,
     short_setting,
 )
+from analysis.references import DEMO_MODEL, frechet_table, guard_references
 from analysis.run import RunData, load_run, sample_frame, trajectory_frame, x0_frame
 from analysis.stats import N_RESAMPLES, SEED
-from analysis.tables import PAIR_KEYS, fixed_except, metric_columns, operator_label, ordered, reference_settings
+from analysis.tables import (
+    PAIR_KEYS,
+    fixed_except,
+    metric_columns,
+    operator_label,
+    ordered,
+    reference_settings,
+    unique_standard,
+)
 from analysis.trajectory import pca_project, trajectory_segments
 
 
@@ -162,7 +171,7 @@ def win_rate_data(run: RunData, seed: int = SEED, n_resamples: int = N_RESAMPLES
                 pairs.append(("equal NFE", m["baseline_cell"]))
         for comparison, baseline in pairs:
             table = compare(results, {"cell": ref["zigzag_cell"]}, {"cell": baseline}, metrics, seed=seed,
-                            n_resamples=n_resamples)
+                            n_resamples=n_resamples, references=guard_references(ref["model"], metrics))
             base_rows = results[results["cell"] == baseline]
             table.insert(0, "comparison", comparison)
             table.insert(1, "model", ref["model"])
@@ -411,7 +420,7 @@ def zag_operator_data(run: RunData, seed: int = SEED, n_resamples: int = N_RESAM
     frames = []
     for _, pair in pairs.iterrows():
         table = compare(results, {"cell": pair["cell"]}, {"cell": pair["cell_official"]}, metrics, seed=seed,
-                        n_resamples=n_resamples)
+                        n_resamples=n_resamples, references=guard_references(pair["model"], metrics))
         setting = ", ".join(f"{short[k]}={pair[k]:g}" for k in varying) or _setting_text(pair)
         table.insert(0, "model", pair["model"])
         table.insert(1, "operator", pair["operator"])
@@ -513,6 +522,40 @@ def _build_guidance_decomposition(run: RunData, opts: dict[str, Any]) -> tuple[p
     return data, plots.plot_guidance_decomposition(data)
 
 
+def fidelity_data(run: RunData, seed: int = SEED, n_resamples: int = N_RESAMPLES) -> pd.DataFrame:
+    """Frechet distance (PCA) of every demo cell with its bootstrap CI and the real-data noise floor at its n
+    (:func:`analysis.references.frechet_table`; at most 999 resamples, each needs a matrix square root)."""
+    results = _results(run)
+    if DEMO_MODEL not in set(results["model"]):
+        raise SkipFigure("the Frechet noise floor needs the model's data; the toolkit ships it for the demo model only")
+    if not run.image_files:
+        raise SkipFigure("RUN_DIR has no images/ to compute the Frechet distance from")
+    data = frechet_table(run, n_resamples=min(n_resamples, 999), seed=seed)
+    if data.empty:
+        raise SkipFigure("no demo cell with stored images")
+    data = unique_standard(data).reset_index(drop=True)
+    data.insert(1, "label", [_fidelity_label(row) for _, row in data.iterrows()])
+    return data
+
+
+def _fidelity_label(row: pd.Series) -> str:
+    method = str(row["method"])
+    if method == "zigzag":
+        zag = "ddim" if row["zag"] == "ddim" else "official"
+        text = (f"Z {zag}, T={int(row['num_inference_steps'])}, \N{GREEK SMALL LETTER LAMDA}={int(row['zigzag_steps'])}"
+                f", g2={float(row['inversion_guidance_scale']):g}")
+        return text + (f", R={int(row['rounds'])}" if int(row["rounds"]) != 1 else "")
+    text = f"{method}, T={int(row['num_inference_steps'])}, g={float(row['guidance_scale']):.3g}"
+    if method.startswith("cfg_matched"):
+        text += f" (for Z {row['zag']})"
+    return text
+
+
+def _build_fidelity(run: RunData, opts: dict[str, Any]) -> tuple[pd.DataFrame, Figure]:
+    data = fidelity_data(run, **opts)
+    return data, plots.plot_fidelity(data)
+
+
 def _no_stats(build: Callable[[RunData, dict[str, Any]], tuple[pd.DataFrame, Figure]]) -> Callable[
         [RunData, dict[str, Any]], tuple[pd.DataFrame, Figure]]:
     def wrapper(run: RunData, opts: dict[str, Any]) -> tuple[pd.DataFrame, Figure]:
@@ -521,8 +564,10 @@ def _no_stats(build: Callable[[RunData, dict[str, Any]], tuple[pd.DataFrame, Fig
 
 
 FIGURES: dict[str, FigureSpec] = {spec.name: spec for spec in (
-    FigureSpec("win_rate", "Win rate (95% bootstrap CI, Wilcoxon p) of Z-Sampling over standard sampling per metric, "
-               "paired by (prompt, seed): same T and, where the run has it, a standard run with at least the same NFE.",
+    FigureSpec("win_rate", "Win rate (95% Wilson CI; prompt-level effective n when prompts repeat) of Z-Sampling "
+               "over standard sampling per metric, paired by (prompt, seed), stars = Wilcoxon p (on per-prompt mean "
+               "differences when prompts repeat; exact p in the CSV): same T and, where the run has it, a standard "
+               "run with at least the same NFE. Guards (clipping, saturation) win when closer to the data's value.",
                _build_win_rate),
     FigureSpec("metric_vs_lambda", "Each metric vs the zigzag window lambda (lambda = 0 is standard sampling), "
                "per zag operator, other settings at the reference.", _ablation_builder("zigzag_steps")),
@@ -543,17 +588,23 @@ FIGURES: dict[str, FigureSpec] = {spec.name: spec for spec in (
                "prompts and seeds.", _no_stats(_build_sample_grid)),
     FigureSpec("zag_operator", "Win rate of the paper's DDIM zag over the released code's 'official' operator for "
                "every pair of cells that differ only in the operator.", _build_zag_operator),
-    FigureSpec("matched_win_rate", "Win rate (95% CI, Wilcoxon p) of Z-Sampling over standard sampling (same T, g1) "
-               "and over plain CFG with the network rows matched: at g1, at the measured effective guidance and at "
-               "the first-order g1 + R(g1 - g2).", _build_matched_win_rate),
+    FigureSpec("matched_win_rate", "Win rate (95% Wilson CI, prompt-level when prompts repeat; stars = Wilcoxon p, "
+               "exact p in the CSV) of Z-Sampling over standard sampling (same T, g1) and over plain CFG with the "
+               "network rows matched: at g1, at the measured effective guidance (signed parallel form; the norm form "
+               "is in matched.parquet) and at the first-order g1 + R(g1 - g2). Guards win when closer to the "
+               "data's value; the CSV has the set-level distances with intervals.", _build_matched_win_rate),
     FigureSpec("matched_metric_vs_nfe", "Each metric vs network rows per sample for Z-Sampling, standard sampling "
                "at g1 and the matched CFG baselines (points labelled with T and g).", _build_matched_cost),
     FigureSpec("effective_guidance", "Effective guidance per step, ||g1 d + sum v|| / ||d|| and its signed parallel "
                "form (v = reflection gain / c_i, d = eps_c - eps_u), against g1, the first-order value and the "
-               "measured ||d||-weighted mean.", _build_effective_guidance),
+               "measured ||d||-weighted means (the parallel one is the matched baseline's scale).",
+               _build_effective_guidance),
     FigureSpec("guidance_decomposition", "Reflection gain split into the part along eps_c - eps_u (what stronger "
                "guidance also gives) and the orthogonal remainder, per step and cumulative.",
                _build_guidance_decomposition),
+    FigureSpec("fidelity", "Frechet distance in PCA space per demo cell with its 95% bootstrap CI (seeds resampled "
+               "within each prompt, bias-shifted), against the real data's noise floor at the same n and class mix "
+               "(real subsets scored like generated sets, and two disjoint real subsets).", _build_fidelity),
 )}
 """The report's figures, in order; the keys are the stable file names."""
 
@@ -618,8 +669,13 @@ def index_markdown(outputs: list[FigureOutput], *, run_dir: str | Path, seed: in
         "# Figures",
         "",
         f"Regenerate with `zsampling figures {run_dir} --out <DIR>`. Each figure comes as PNG and PDF with the CSV "
-        f"of exactly the numbers drawn. Intervals: 95% percentile bootstrap (scipy.stats.bootstrap, seed {seed}, "
-        f"{n_resamples} resamples); win rates pair samples by (prompt_index, seed), ties count half.",
+        f"of exactly the numbers drawn. Prompts are the statistical unit: when a prompt has several seeds, "
+        f"means are bootstrapped by resampling whole prompts and tests rank per-prompt means (the CSVs' `unit` and "
+        f"`n_clusters` columns say which and how many). Mean intervals: 95% percentile bootstrap "
+        f"(scipy.stats.bootstrap, seed {seed}, {n_resamples} resamples); win-rate intervals: Wilson score interval "
+        f"(with the prompts' effective n when prompts repeat); win rates pair samples by (prompt_index, seed), "
+        f"ties count half; quality guards (clipping_fraction, saturation) are judged by the distance from the "
+        f"data's value (or the standard baseline's when there are no data).",
         "",
     ]
     for o in made:
@@ -633,7 +689,7 @@ def index_markdown(outputs: list[FigureOutput], *, run_dir: str | Path, seed: in
 
 __all__ = [
     "FIGURES", "FigureOutput", "FigureSpec", "SkipFigure", "ablation_data", "build_figures", "cost_data",
-    "effective_guidance_data", "guidance_decomposition_data", "index_markdown", "matched_cost_data",
+    "effective_guidance_data", "fidelity_data", "guidance_decomposition_data", "index_markdown", "matched_cost_data",
     "matched_win_rate_data", "reference_cells", "sample_grid_data", "semantic_gain_data", "trajectory_data",
     "win_rate_data", "write_figures", "x0_grid_data", "zag_operator_data",
 ]

@@ -40,10 +40,12 @@ def results_table(values_a: np.ndarray, values_b: np.ndarray, metric: str = "ali
 
 
 # ---------------------------------------------------------------- win rate
-def test_all_wins_is_one_with_a_degenerate_ci() -> None:
+def test_all_wins_is_one_with_an_honest_ci() -> None:
     a, b = np.arange(10.0) + 1.0, np.arange(10.0)
     out = win_rate(a, b)
-    assert out.win_rate == 1.0 and (out.ci_low, out.ci_high) == (1.0, 1.0)
+    # 10/10 wins: the Wilson interval keeps positive width (a zero-width [1, 1] claimed certainty)
+    assert out.win_rate == 1.0 and out.ci_high == 1.0 and out.ci_low == pytest.approx(10 / (10 + 1.959964**2))
+    assert out.ci_method == "wilson (n pairs)"
     assert (out.wins, out.ties, out.losses, out.n) == (10, 0, 0, 10)
     assert out.p_value == pytest.approx(stats.wilcoxon(a - b).pvalue) and out.p_value < 0.01
     assert win_rate(b, a).win_rate == 0.0
@@ -124,7 +126,9 @@ def test_compare_table_across_metrics_respects_direction() -> None:
     out = compare(table, {"method": "zigzag"}, {"method": "standard"}).set_index("metric")
     assert out.loc["alignment", "win_rate"] == 1.0
     assert out.loc["nn_distance", "win_rate"] == 0.0
-    assert list(out.columns[:6]) == ["higher_is_better", "win_rate", "ci_low", "ci_high", "p_value", "n"]
+    assert list(out.columns[:9]) == ["higher_is_better", "direction", "win_rate", "ci_low", "ci_high", "p_value",
+                                     "n", "unit", "n_clusters"]
+    assert (out["unit"] == "prompt").all() and (out["n_clusters"] == 2).all()  # 2 prompts x 5 seeds
 
 
 def test_metric_directions() -> None:
@@ -198,8 +202,12 @@ def test_cost_matched_pairs_pick_the_cheapest_baseline_with_enough_compute() -> 
 
 
 # -------------------------------------------------------------- gain, paths
+ALPHAS = (0.25, 0.5, 0.8, 0.95, 1.0)
+"""ab[t_i] of the constructed trace's steps (t_0 ... t_3, then the final alpha)."""
+
+
 def constructed_trace_frame() -> pd.DataFrame:
-    """Two samples, three reflections each, gap norms 1, 2, 3 and c < 0."""
+    """Two samples, three reflections each, gap norms 1, 2, 3 and c < 0; step levels :data:`ALPHAS`."""
     rows = []
     for sample in range(2):
         for step in range(3):
@@ -208,8 +216,10 @@ def constructed_trace_frame() -> pd.DataFrame:
                          "gain_norm": step + 1.5, "gap_norm": step + 1.0, "residual_norm": 0.5,
                          "gain_parallel": -(step + 1.0), "gain_orthogonal": 0.1, "gain_cos": -0.9,
                          "gain_cum_norm": float(step + 2)})
-            rows.append({"sample": sample, "op": "step", "step": step, "round": 1, "guidance": 3.0, "c": -0.5})
-        rows.append({"sample": sample, "op": "step", "step": 3, "round": 0, "guidance": 3.0, "c": -0.5})
+            rows.append({"sample": sample, "op": "step", "step": step, "round": 1, "guidance": 3.0, "c": -0.5,
+                         "a_from": ALPHAS[step], "a_to": ALPHAS[step + 1]})
+        rows.append({"sample": sample, "op": "step", "step": 3, "round": 0, "guidance": 3.0, "c": -0.5,
+                     "a_from": ALPHAS[3], "a_to": ALPHAS[4]})
     frame = pd.DataFrame(rows)
     frame["op"] = pd.Categorical(frame["op"], ["zig", "zag", "step"])
     return frame
@@ -225,8 +235,12 @@ def test_semantic_gain_resigns_projection_and_accumulates() -> None:
     schedule = injection_schedule(gain, num_steps=4, n_resamples=200)
     stepwise = schedule[schedule["schedule"].str.startswith("stepwise")].set_index("step")["mean"]
     once = schedule[schedule["schedule"].str.startswith("end-to-end")].set_index("step")["mean"]
-    assert list(stepwise) == [1.0, 3.0, 6.0, 6.0]
-    assert list(once) == [0.0, 0.0, 6.0, 6.0]  # the same budget, injected after the window's last step
+    # each gap term carried from its level ab[t_j] to the window's end ab[t_3] = 0.95 by sqrt(0.95 / ab[t_j])
+    carried = np.cumsum([1.0 * math.sqrt(0.95 / 0.25), 2.0 * math.sqrt(0.95 / 0.5), 3.0 * math.sqrt(0.95 / 0.8)])
+    np.testing.assert_allclose(stepwise.to_numpy(), [*carried, carried[-1]], rtol=1e-12)
+    np.testing.assert_allclose(once.to_numpy(), [0.0, 0.0, carried[-1], carried[-1]], rtol=1e-12)  # same budget once
+    with pytest.raises(KeyError, match="step levels"):
+        injection_schedule(gain.drop(columns=["a_step_from"]))
 
 
 def test_injection_comparison_on_two_outcome_tables() -> None:

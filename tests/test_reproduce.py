@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -79,6 +80,12 @@ def test_reproduce_tiny_end_to_end_and_resume(tmp_path: Path, brightness: None) 
     assert table["category"].tolist() == ["all", "Colors", "Counting"] and (table["metric"] == "brightness").all()
     assert table.loc[0, "n"] == 4 and 0 <= table.loc[0, "win_rate"] <= 1
     assert table["paper_win_rate"].isna().all()  # no released number for this scorer
+    # Holm over the categories, per metric, beside the raw p-values; the overall row is its own family
+    categories = table[table["category"] != "all"]
+    expected = np.minimum(1.0, np.maximum.accumulate(np.sort(categories["p_value"].to_numpy()) * [2, 1]))
+    np.testing.assert_allclose(np.sort(categories["p_holm"].to_numpy()), expected)
+    assert table.loc[0, "p_holm"] == table.loc[0, "p_value"]
+    assert list(table.columns).index("p_holm") == list(table.columns).index("p_value") + 1
     for name in ("prompts.csv", "results.csv", "win_rates.csv", "winning_rate.png", "reproduce.json",
                  "scores/brightness.csv", "sweep/results.parquet"):
         assert (out / name).is_file(), name

@@ -18,7 +18,8 @@ setting (g2 = 0, full window lambda = T-1, one round):
 Each part is a sweep spec run into one output directory (``extend``), so the
 demo resumes after an interruption and every sample pairs across cells by
 (prompt, seed). Figures come from :mod:`analysis` and a summary table of
-win rates against standard sampling is returned.
+win rates against standard sampling (prompt-level Wilson intervals) and
+Frechet distances (bootstrap interval, real-data noise floor) is returned.
 
 ``family="flow"`` runs the same ablation on the rectified-flow twin of the
 digits model (same data, same metrics) with the exact "euler" zag, evaluated
@@ -190,7 +191,10 @@ def run_demo(
         summary = summarize_lora_gap(result.results, result.cells)
         (out / "verdict.txt").write_text(summary.attrs["verdict"] + "\n")
     else:
-        summary = summarize_demo(result.results, result.cells, family=family)
+        from analysis import load_run
+        from analysis.references import frechet_table
+
+        summary = summarize_demo(result.results, result.cells, fidelity=frechet_table(load_run(out)), family=family)
     summary.to_csv(out / "summary.csv", index=False, float_format="%.4f")
     if figures:
         from analysis import write_figures
@@ -199,10 +203,20 @@ def run_demo(
     return summary
 
 
-def summarize_demo(results: pd.DataFrame, cells: pd.DataFrame | None = None, *, family: str = "ddim"
-                   ) -> pd.DataFrame:
-    """One row per demo setting: mean metrics and the paired win rate on
-    alignment against standard sampling at T = 25 (95% bootstrap CI)."""
+def summarize_demo(results: pd.DataFrame, cells: pd.DataFrame | None = None,
+                   fidelity: pd.DataFrame | None = None, *, family: str = "ddim") -> pd.DataFrame:
+    """One row per demo setting: mean metrics, the Frechet distance and the paired win rate on alignment
+    against standard sampling at T = 25.
+
+    The win rate's 95% interval is the Wilson interval with the prompts'
+    effective sample size (10 digits x the seeds: the prompt is the unit,
+    ``unit`` / ``n_clusters`` / ``ci_method`` say so); ``p_value`` is the
+    Wilcoxon test on the per-prompt mean differences. With ``fidelity``
+    (:func:`analysis.references.frechet_table`) the Frechet distance gets its
+    bootstrap interval (``frechet_ci_low`` / ``frechet_ci_high``) and the
+    real-data noise floor at the same n (``frechet_floor``, the median of real
+    subsets scored like a generated set, and its 95% range ``frechet_floor_high``).
+    """
     from analysis import compare
 
     reference = OPERATORS[family]["reference"]
@@ -219,9 +233,17 @@ def summarize_demo(results: pd.DataFrame, cells: pd.DataFrame | None = None, *, 
         for metric in SUMMARY_METRICS:
             row[metric] = group[metric].mean()
         row["frechet_pca"] = _cell_metric(cells, group, "frechet_pca")
+        if fidelity is not None and not fidelity.empty:
+            match = fidelity[fidelity["cell"].isin(group["cell"].unique())]
+            if len(match):
+                first = match.iloc[0]
+                row.update(frechet_ci_low=first["ci_low"], frechet_ci_high=first["ci_high"],
+                           frechet_floor=first["floor_vs_data"], frechet_floor_high=first["floor_vs_data_high"])
         if any(setting[name] != value for name, value in baseline.items()):
             win = compare(results, setting, baseline, ["alignment"]).iloc[0]
-            row.update(win_rate=win["win_rate"], ci_low=win["ci_low"], ci_high=win["ci_high"])
+            row.update(win_rate=win["win_rate"], ci_low=win["ci_low"], ci_high=win["ci_high"],
+                       p_value=win["p_value"], unit=win["unit"], n_clusters=win["n_clusters"],
+                       ci_method=win["ci_method"])
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -248,8 +270,9 @@ def summarize_lora_gap(results: pd.DataFrame, cells: pd.DataFrame | None = None,
     """One row per weight-gap demo setting, and the verdict in ``attrs["verdict"]``.
 
     Columns: mean metrics, ``frechet_pca`` (set level), ``nfe``, the paired win rate on alignment against
-    standard sampling (95% bootstrap CI), and the paired mean difference of ``stroke_thickness`` against
-    standard sampling and against the LoRA at the step leg's scale c applied plainly (95% bootstrap CI).
+    standard sampling (prompt-level interval), and the paired mean difference of ``stroke_thickness`` against
+    standard sampling and against the LoRA at the step leg's scale c applied plainly (95% prompt-level
+    bootstrap interval: whole prompts are resampled).
     """
     from analysis import compare, mean_ci, pair_samples, select
 
@@ -260,7 +283,7 @@ def summarize_lora_gap(results: pd.DataFrame, cells: pd.DataFrame | None = None,
 
     def thickness_diff(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float, float]:
         pairs = pair_samples(select(results, a), select(results, b), "stroke_thickness")
-        ci = mean_ci(pairs["a"] - pairs["b"])
+        ci = mean_ci(pairs["a"] - pairs["b"], pairs["prompt_index"])  # the prompt is the unit
         return ci.mean, ci.ci_low, ci.ci_high
 
     rows = []

@@ -18,8 +18,9 @@ What :func:`reproduce` does (``zsampling reproduce PRESET --prompts FILE --out D
    ``DIR/scores/`` (resumable: finished cells are not re-scored);
 4. writes ``DIR/results.csv`` (one row per sample and method with the
    prompt's category and the scores), ``DIR/win_rates.csv`` (per category and
-   overall: win rate of Z-Sampling over standard with a bootstrap CI and a
-   Wilcoxon p-value, both methods' means, and the released win rate where
+   overall: win rate of Z-Sampling over standard with a Wilson CI, a
+   Wilcoxon p-value and, beside it, ``p_holm`` adjusted over the categories
+   (Holm, per metric), both methods' means, and the released win rate where
    there is one) and ``DIR/winning_rate.png`` (:func:`analysis.plots.plot_win_rate`,
    with the released numbers marked).
 
@@ -46,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import pandas as pd
 import typer
 
@@ -210,7 +212,7 @@ def score_sweep(
 
 def _win_rates(results: pd.DataFrame, metrics: Sequence[str], fmt: str | None, preset: ModelPreset,
                seed: int, n_resamples: int) -> pd.DataFrame:
-    from analysis.compare import compare
+    from analysis.compare import add_holm, compare
 
     reference = PAPER_WIN_RATES.get(fmt or "", {}) if preset.name == "sdxl" else {}
     groups: list[tuple[str, pd.DataFrame]] = [("all", results)]
@@ -225,7 +227,10 @@ def _win_rates(results: pd.DataFrame, metrics: Sequence[str], fmt: str | None, p
         table["paper_win_rate"] = [reference.get(m, float("nan")) if category == "all" else float("nan")
                                    for m in table["metric"]]
         tables.append(table)
-    return pd.concat(tables, ignore_index=True)
+    out = pd.concat(tables, ignore_index=True)
+    # Holm within each metric over the categories (one family of tests); the "all" row is its own family
+    out["_family"] = out["metric"] + np.where(out["category"] == "all", " (all)", " (categories)")
+    return add_holm(out, family=("_family",)).drop(columns="_family")
 
 
 def _figure(win_rates: pd.DataFrame, preset: ModelPreset, path: Path) -> Path:

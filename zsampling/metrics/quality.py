@@ -4,10 +4,18 @@ Why (DESIGN.md, "Evaluation honesty"): stronger guidance -- and Z-Sampling,
 which acts like stronger guidance -- raises alignment and human-preference
 scores while it pushes pixels to the ends of their range and over-saturates
 colours. These scorers sit beside the alignment scorers so that "alignment
-up" can be read against "quality down". Both are lower-is-better and follow
-the scorer protocol of :mod:`zsampling.metrics.base` (``name``,
-``higher_is_better``, ``score(images, prompts) -> (B,)``); ``prompts`` is
-accepted and ignored.
+up" can be read against "quality down". They follow the scorer protocol of
+:mod:`zsampling.metrics.base` (``name``, ``higher_is_better``,
+``score(images, prompts) -> (B,)``); ``prompts`` is accepted and ignored.
+
+Direction: real images are not free of clipped or saturated pixels (the demo
+digits have 58 % of their pixels at the range limits), so "lower is better"
+would reward images that look less like the data. The analysis therefore
+judges a guard by the distance of a set's value from the reference data's
+value, or from the standard baseline's where there are no data
+(:func:`analysis.stats.is_guard`, :mod:`analysis.references`). The
+``higher_is_better = False`` attribute below only satisfies the scorer
+protocol (and orders per-cell summaries); it is not how the guards are scored.
 
 * :class:`ClippingFraction` (``"clipping_fraction"``): the fraction of
   channel values within ``tol`` of 0 or 1. Decoders clamp to [0, 1], so an
@@ -58,7 +66,7 @@ def as_image_batch(images: Any) -> torch.Tensor:
 
 
 class ClippingFraction:
-    """Fraction of channel values at the ends of the range (within ``tol`` of 0 or 1); lower is better.
+    """Fraction of channel values at the ends of the range (within ``tol`` of 0 or 1); closer to the data is better.
 
     Args:
         tol: distance from 0 or 1 that counts as clipped (default half a
@@ -91,7 +99,7 @@ class ClippingFraction:
 
 
 class Saturation:
-    """Mean HSV saturation ``(max - min) / max`` of RGB pixels; lower is better (0 for grayscale)."""
+    """Mean HSV saturation ``(max - min) / max`` of RGB pixels; closer to the data is better (0 for grayscale)."""
 
     name = "saturation"
     higher_is_better = False

@@ -14,12 +14,23 @@ smallest ones >= the Z cell's (within one step, 2 rows per sample):
 ``method``                     guidance scale
 =============================  ==============================================
 ``cfg_matched_nfe``            g1 (compute matched only: "is it just more steps?")
-``cfg_matched_measured``       the Z cell's measured effective guidance: the
-                               ||d||-weighted mean of ||g1 d + sum_r v_r|| / ||d||
-                               over its trace (see :mod:`zsampling.trace.guidance`),
-                               rounded to 4 decimals
+``cfg_matched_measured``       the Z cell's measured effective guidance in the
+                               signed parallel form (default): the ||d||-weighted
+                               mean of g1 + sum_r <v_r, d> / ||d||^2 over its trace
+                               (see :mod:`zsampling.trace.guidance`), rounded to 4
+                               decimals; ``form="norm"`` uses the norm form
+                               ||g1 d + sum_r v_r|| / ||d|| instead
 ``cfg_matched_first_order``    the first-order value g1 + rounds (g1 - g2) (2 g1 - g2)
 =============================  ==============================================
+
+Why the parallel form: plain CFG at a larger scale moves the latent only
+along d = eps_c - eps_u, so the parallel form is the part of a reflection
+that stronger guidance reproduces. The norm form also counts motion
+orthogonal to d; with the released "official" zag much of that comes from its
+one-level schedule offset, not from guidance (on the demo model its norm form
+reaches ~14 at the last window step while the parallel form is ~0.5). Both
+forms are recorded with every derived cell (``measured_scale_parallel``,
+``measured_scale_norm``; ``measured_form`` names the one the cell used).
 
 A Z cell whose legs differ in more than guidance (a weight gap: LoRA scales,
 guidance embeddings; W2SD) is not described by an effective guidance; its
@@ -58,6 +69,12 @@ WEIGHT_GAP_METHODS: tuple[str, ...] = ("legs_matched_strong", "legs_matched_step
 
 SCALE_DECIMALS = 4
 """Measured scales are rounded to this many decimals (stable hashes, readable tables)."""
+
+MEASURED_FORMS: dict[str, str] = {"parallel": "effective_guidance_parallel", "norm": "effective_guidance"}
+"""Form of the measured effective guidance -> its key in :func:`~zsampling.trace.guidance.guidance_summary`."""
+
+DEFAULT_FORM = "parallel"
+"""The form ``cfg_matched_measured`` uses unless told otherwise (what stronger CFG reproduces)."""
 
 _INDEX_BASE = 1_000_000
 """Derived cells sort after every grid cell (order key = _INDEX_BASE + 3 * source index + kind)."""
@@ -137,20 +154,32 @@ def source_nfe(cell: Cell, branches: str) -> int:
     return expected_network_rows(cell.config(), 1, branches)
 
 
-def matched_cells(spec: SweepSpec, source: Cell, summary: Mapping[str, Any]) -> list[tuple[Cell, dict[str, Any]]]:
+def _check_form(form: str) -> str:
+    if form not in MEASURED_FORMS:
+        raise ValueError(f"form must be one of {sorted(MEASURED_FORMS)}, got {form!r}")
+    return form
+
+
+def matched_cells(spec: SweepSpec, source: Cell, summary: Mapping[str, Any],
+                  form: str = DEFAULT_FORM) -> list[tuple[Cell, dict[str, Any]]]:
     """The baseline cells of one Z-Sampling cell and their ``matched`` record entries.
 
     Args:
         spec: the sweep (model, samples, branch mode).
         source: a Z-Sampling cell (lambda > 0).
         summary: its :func:`~zsampling.trace.guidance.guidance_summary`.
+        form: which measured effective guidance ``cfg_matched_measured``
+            uses: ``"parallel"`` (default, the signed parallel form) or
+            ``"norm"`` (see :data:`MEASURED_FORMS`).
 
     Raises:
-        ValueError: ``source`` is not a Z-Sampling cell, or the measured scale is not finite.
+        ValueError: ``source`` is not a Z-Sampling cell, ``form`` is unknown,
+            or the measured scale is not finite.
     """
+    _check_form(form)
     if source.method != "zigzag":
         raise ValueError(f"cell {source.hash} is not a Z-Sampling cell (method {source.method!r})")
-    measured = summary.get("effective_guidance")
+    measured = summary.get(MEASURED_FORMS[form])
     if measured is None or not math.isfinite(float(measured)):
         raise ValueError(f"cell {source.hash}: the measured effective guidance is not finite ({measured!r}); with "
                          "g1 in {0, 1} record the guidance direction with branches: both")
@@ -177,12 +206,19 @@ def matched_cells(spec: SweepSpec, source: Cell, summary: Mapping[str, Any]) -> 
             "nfe": steps * rows_per_step(scale, spec.branches),
             "target_scale": scale,
             "measured_scale": float(measured),
-            "measured_scale_window": summary.get("effective_guidance_window"),
+            "measured_form": form,
+            "measured_scale_parallel": _float_or_none(summary.get("effective_guidance_parallel")),
+            "measured_scale_norm": _float_or_none(summary.get("effective_guidance")),
+            "measured_scale_window": summary.get(f"{MEASURED_FORMS[form]}_window"),
             "first_order_scale": float(first_order),
             "rule": "plain CFG (lambda = 0) on the same samples; steps = the fewest with rows >= the source's",
         }
         out.append((cell, info))
     return out
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def check_matched_spec(spec: SweepSpec, cells: Sequence[Cell]) -> None:
@@ -215,17 +251,20 @@ def check_matched_spec(spec: SweepSpec, cells: Sequence[Cell]) -> None:
 
 
 def derive_matched(spec: SweepSpec, out: Path, cells: Sequence[Cell],
-                   records: Mapping[str, Mapping[str, Any]]) -> list[tuple[Cell, dict[str, Any]]]:
+                   records: Mapping[str, Mapping[str, Any]],
+                   form: str = DEFAULT_FORM) -> list[tuple[Cell, dict[str, Any]]]:
     """The baseline cells of every finished Z-Sampling cell among ``cells``.
 
-    The measured scale comes from the cell record's ``effective_guidance``
-    summary, else from its trace file (``traces/<cell>.safetensors``).
+    The measured scale (``form``: see :func:`matched_cells`) comes from the
+    cell record's ``effective_guidance`` summary, else from its trace file
+    (``traces/<cell>.safetensors``).
 
     Raises:
         SpecError: a finished Z-Sampling cell has neither (it ran without traces).
     """
     from zsampling.sweep import results as res
 
+    _check_form(form)
     derived: list[tuple[Cell, dict[str, Any]]] = []
     for cell in cells:
         if cell.method != "zigzag" or cell.hash not in records:
@@ -244,7 +283,7 @@ def derive_matched(spec: SweepSpec, out: Path, cells: Sequence[Cell],
 
             summary = guidance_summary(Trace.load(path))
         try:
-            derived += matched_cells(spec, cell, summary)
+            derived += matched_cells(spec, cell, summary, form)
         except ValueError as error:
             raise SpecError(f"matched_baselines: {error}") from None
     return derived

@@ -63,7 +63,8 @@ GUIDANCE_TABLE_COLUMNS: tuple[str, ...] = (
 MATCHED_COLUMNS: tuple[str, ...] = (
     "cell", "method", "source_cell", "num_inference_steps", "guidance_scale", "nfe", "source_num_inference_steps",
     "source_guidance_scale", "source_inversion_guidance_scale", "source_zigzag_steps", "source_rounds", "source_zag",
-    "source_zag_eval_timestep", "source_nfe", "measured_scale", "measured_scale_window", "first_order_scale",
+    "source_zag_eval_timestep", "source_nfe", "measured_form", "measured_scale", "measured_scale_parallel",
+    "measured_scale_norm", "measured_scale_window", "first_order_scale",
 )
 """Columns of the ``matched`` table: the derived cell (``cell``, ``method``, T, g, NFE) and its source."""
 
@@ -246,7 +247,10 @@ def build_guidance_tables(records: Iterable[Mapping[str, Any]]) -> tuple[pd.Data
                 **{f"source_{k}": source.get(k) for k in ("num_inference_steps", "guidance_scale",
                                                          "inversion_guidance_scale", "zigzag_steps", "rounds", "zag",
                                                          "zag_eval_timestep")},
-                "source_nfe": info.get("source_nfe"), "measured_scale": info.get("measured_scale"),
+                "source_nfe": info.get("source_nfe"), "measured_form": info.get("measured_form"),
+                "measured_scale": info.get("measured_scale"),
+                "measured_scale_parallel": info.get("measured_scale_parallel"),
+                "measured_scale_norm": info.get("measured_scale_norm"),
                 "measured_scale_window": info.get("measured_scale_window"),
                 "first_order_scale": info.get("first_order_scale"),
             })
@@ -254,7 +258,8 @@ def build_guidance_tables(records: Iterable[Mapping[str, Any]]) -> tuple[pd.Data
     matched = pd.DataFrame(matched_rows, columns=list(MATCHED_COLUMNS))
     for frame in (guidance, matched):
         for column in frame.columns:
-            if column in ("first_order", "measured_scale", "measured_scale_window", "first_order_scale") \
+            if column in ("first_order", "measured_scale", "measured_scale_parallel", "measured_scale_norm",
+                          "measured_scale_window", "first_order_scale") \
                     or column.startswith("effective_guidance") or column == "orthogonal_share_window":
                 frame[column] = frame[column].astype("float64")
     return _typed(guidance, ()), matched

@@ -43,14 +43,31 @@ residual``, so ``v = (g1 - g2) d + residual / c_i`` and the effective
 guidance is ``2 g1 - g2`` (``g1 + rounds (g1 - g2)``) up to
 ``residual_norm / (|c_i| ||d||)``, a term that vanishes with the step size.
 The released code's "official" zag is one schedule level off, so its value
-differs at finite T (it converges to the same limit).
+differs at finite T (its per-step offset is O(step size) relative to the
+step, and the fallback at the last window step, where t_{i+1} - k < 0, weighs
+1/T of the run). On the analytic mixture the weighted parallel forms of the
+two operators approach each other and 2 g1 - g2 as T grows
+(tests/test_guidance_matched.py); on a trained model at the T one runs, the
+difference is a measured number, not a limit to rely on.
+
+Which form to match: the signed parallel form is what a larger CFG scale
+reproduces (stronger guidance moves only along d), so it is the default scale
+of the matched baseline (``cfg_matched_measured``, :mod:`zsampling.sweep.matched`).
+The norm form also counts motion orthogonal to d; with the "official" zag
+much of it comes from the one-level schedule offset (most at the last window
+step, where the released code falls back to the initial alpha), not from
+guidance. Both are reported.
 
 Run summary: a plain CFG run at a constant g applies ``g ||d_i||`` in eps
 units at step i, so the constant scale with the same total along the
 trajectory is the ``||d||``-weighted mean ``sum_i ||G_i|| / sum_i ||d_i||``
 (G_i = g1 d + sum_r v_r). That is ``effective_guidance`` of
-:func:`guidance_summary`, the scale the matched baseline of a sweep uses
-(``cfg_matched_measured``). The unweighted mean is reported too, but it is
+:func:`guidance_summary` (norm form) and ``effective_guidance_parallel``
+(signed parallel form, the one the matched baseline uses by default). A step
+whose guidance direction is exactly zero (||d|| = 0, e.g. late steps on the
+analytic model, where eps_c and eps_u agree to the last bit) has no effective
+guidance: its ratios are NaN in :func:`effective_guidance` and it carries zero
+weight in every summary mean. The unweighted mean is reported too, but it is
 dominated by the last steps, where ||d|| -> 0 makes the ratio ill-posed.
 """
 
@@ -98,7 +115,7 @@ SUMMARY_KEYS: tuple[str, ...] = (
     "num_steps", "window_size", "rounds", "g1", "g2", "first_order", "effective_guidance",
     "effective_guidance_window", "effective_guidance_parallel", "effective_guidance_parallel_window",
     "effective_guidance_orthogonal_window", "effective_guidance_mean", "effective_guidance_median",
-    "orthogonal_share_window", "n_samples", "complete",
+    "orthogonal_share_window", "n_samples", "no_direction_steps", "complete",
 )
 """Keys of :func:`guidance_summary` (see its docstring)."""
 
@@ -121,7 +138,10 @@ def effective_guidance(source: Trace | pd.DataFrame) -> pd.DataFrame:
         The id columns present, ``sample``, ``prompt`` (if known) and
         :data:`GUIDANCE_COLUMNS`; see the module docstring for the
         definitions. Reflecting steps whose guidance direction was not
-        computed (g1 in {0, 1} without ``branches="both"``) are NaN.
+        computed (g1 in {0, 1} without ``branches="both"``) are NaN, and so
+        are the ``eff_guidance*`` / ``extra_parallel`` values of steps whose
+        direction is exactly zero (``direction_norm == 0``: no guidance to
+        measure).
     """
     import pandas as pd
 
@@ -167,9 +187,12 @@ def effective_guidance(source: Trace | pd.DataFrame) -> pd.DataFrame:
                                      out["guidance_signal"].to_numpy(dtype=np.float64))
     extra_par = np.where(reflects, out["extra_parallel"].to_numpy(dtype=np.float64), 0.0)
     extra_orth = np.where(reflects, out["extra_orthogonal"].to_numpy(dtype=np.float64), 0.0)
+    no_direction = out["direction_norm"].to_numpy(dtype=np.float64) == 0
+    extra_par = np.where(no_direction, np.nan, extra_par)
+    extra_orth = np.where(no_direction, np.nan, extra_orth)
     parallel = g1 + extra_par
-    out["eff_guidance"] = np.where(reflects, np.hypot(parallel, extra_orth), np.abs(g1))
-    out["eff_guidance_parallel"] = np.where(reflects, parallel, g1)
+    out["eff_guidance"] = np.where(reflects | no_direction, np.hypot(parallel, extra_orth), np.abs(g1))
+    out["eff_guidance_parallel"] = np.where(reflects | no_direction, parallel, g1)
     out["eff_guidance_orthogonal"] = extra_orth
     g2 = out["g2"].to_numpy(dtype=np.float64)
     out["first_order"] = np.where(reflects, g1 + out["rounds"].to_numpy() * (g1 - g2), g1)
@@ -193,7 +216,11 @@ def effective_guidance(source: Trace | pd.DataFrame) -> pd.DataFrame:
 
 
 def _weighted(values: np.ndarray, weights: np.ndarray) -> float:
-    """sum(w v) / sum(w) over finite pairs; the plain mean where no weight is known; NaN if any value is."""
+    """sum(w v) / sum(w); the plain mean where no weight is known (NaN weights); NaN if any value is.
+
+    Callers drop the zero-weight (zero-direction) entries first: their values
+    are undefined and would otherwise poison the mean with 0 * NaN.
+    """
     if values.size == 0 or not np.isfinite(values).all():
         return math.nan
     known = np.isfinite(weights) & (weights > 0)
@@ -230,8 +257,20 @@ def guidance_summary(source: Trace | pd.DataFrame) -> dict[str, Any]:
         * ``orthogonal_share_window``: sum gain_orthogonal^2 / sum gain_norm^2
           over the window (latent units): the fraction of the reflections'
           squared gain that stronger guidance would not produce;
-        * ``n_samples``; ``complete``: every value was computable (False
-          when g1 in {0, 1} ran one branch: then the reflecting steps are NaN).
+        * ``n_samples``; ``no_direction_steps``: sample-steps whose guidance
+          direction is exactly zero (||d|| = 0); they carry zero weight and are
+          left out of every mean, median and share above (their effective
+          guidance is undefined, not a number to average);
+        * ``complete``: every step with a direction has a computable value
+          (False when g1 in {0, 1} ran one branch: then the reflecting steps
+          are NaN, and so are the summary values that need them).
+
+        With no step that has a direction (eps_c == eps_u throughout, e.g.
+        an empty prompt) the effective-guidance values are NaN and
+        ``complete`` is False.
+
+    Raises:
+        ValueError: the trace has no ordinary step.
     """
     import pandas as pd
 
@@ -239,16 +278,20 @@ def guidance_summary(source: Trace | pd.DataFrame) -> dict[str, Any]:
         else effective_guidance(source)
     if table.empty:
         raise ValueError("the trace has no ordinary steps")
+    no_direction = table["direction_norm"].to_numpy(dtype=np.float64) == 0
+    full = table
+    table = table.loc[~no_direction]
     eff = table["eff_guidance"].to_numpy(dtype=np.float64)
     par = table["eff_guidance_parallel"].to_numpy(dtype=np.float64)
     orth = table["eff_guidance_orthogonal"].to_numpy(dtype=np.float64)
     weight = table["direction_norm"].to_numpy(dtype=np.float64)
     window = table["reflects"].to_numpy(dtype=bool)
-    steps_in_window = table.loc[window, "step"].nunique()
-    rounds = table.loc[window, "rounds"]
-    g1 = float(table["g1"].iloc[0])
-    g2 = float(table.loc[window, "g2"].iloc[0]) if window.any() else None
-    r = int(rounds.max()) if window.any() else 0
+    full_window = full["reflects"].to_numpy(dtype=bool)
+    steps_in_window = full.loc[full_window, "step"].nunique()
+    rounds = full.loc[full_window, "rounds"]
+    g1 = float(full["g1"].iloc[0])
+    g2 = float(full.loc[full_window, "g2"].iloc[0]) if full_window.any() else None
+    r = int(rounds.max()) if full_window.any() else 0
     gain2 = table.loc[window, "gain_norm"].to_numpy(dtype=np.float64) ** 2
     orth2 = table.loc[window, "gain_orthogonal"].to_numpy(dtype=np.float64) ** 2
     share = float(orth2.sum() / gain2.sum()) if window.any() and gain2.sum() > 0 else math.nan
@@ -257,7 +300,7 @@ def guidance_summary(source: Trace | pd.DataFrame) -> dict[str, Any]:
         return _weighted(values[window], weight[window]) if window.any() else math.nan
 
     summary: dict[str, Any] = {
-        "num_steps": int(table["step"].nunique()),
+        "num_steps": int(full["step"].nunique()),
         "window_size": int(steps_in_window),
         "rounds": r,
         "g1": g1,
@@ -268,11 +311,12 @@ def guidance_summary(source: Trace | pd.DataFrame) -> dict[str, Any]:
         "effective_guidance_parallel": _weighted(par, weight),
         "effective_guidance_parallel_window": window_mean(par),
         "effective_guidance_orthogonal_window": window_mean(orth),
-        "effective_guidance_mean": float(eff.mean()) if np.isfinite(eff).all() else math.nan,
-        "effective_guidance_median": float(np.median(eff)) if np.isfinite(eff).all() else math.nan,
+        "effective_guidance_mean": float(eff.mean()) if eff.size and np.isfinite(eff).all() else math.nan,
+        "effective_guidance_median": float(np.median(eff)) if eff.size and np.isfinite(eff).all() else math.nan,
         "orthogonal_share_window": share,
-        "n_samples": int(table["sample"].nunique()),
-        "complete": bool(np.isfinite(eff).all()),
+        "n_samples": int(full["sample"].nunique()),
+        "no_direction_steps": int(no_direction.sum()),
+        "complete": bool(eff.size and np.isfinite(eff).all()),
     }
     return summary
 
