@@ -1,6 +1,6 @@
 """Analysis of Z-Sampling runs: records in, numbers and figures out (pandas, scipy, seaborn).
 
-Data flows one way (DESIGN.md): trace / results on disk -> analysis ->
+Data flows one way (docs/design.md): trace / results on disk -> analysis ->
 figures. Nothing here imports a model or a denoiser; only
 :mod:`analysis.run` reads files.
 

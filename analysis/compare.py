@@ -12,7 +12,7 @@ a win scores 1, a tie 0.5, a loss 0. For a quality guard
 sample wins when its value is closer to the guard's reference value (the
 real data's, else side B's own mean: the baseline's) than its pair's is.
 
-Intervals and tests treat the prompt as the unit (DESIGN.md, "Evaluation
+Intervals and tests treat the prompt as the unit (docs/design.md, "Evaluation
 honesty"): when some prompt has several seeds (``prompt_index`` repeats) the
 win-rate interval is the Wilson score interval with the prompts' effective
 sample size (:func:`analysis.stats.effective_sample_size`; ``ci_method``
@@ -26,7 +26,7 @@ seeded bootstrap and the pairwise Wilcoxon test. ``unit`` and
 rate instead, falling back to Wilson when it has zero width (every score
 equal), since a zero-width interval at 0/n or n/n is not honest.
 
-Cost-aware comparison (DESIGN.md, "Evaluation honesty"): Z-Sampling spends
+Cost-aware comparison (docs/design.md, "Evaluation honesty"): Z-Sampling spends
 more network rows (NFE) per sample than standard sampling with the same T,
 so :func:`cost_matched_pairs` matches each Z-Sampling cell with the standard
 cell of the same guidance whose NFE is the smallest one >= its own (the

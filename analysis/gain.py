@@ -1,6 +1,6 @@
 """Semantic gain of Z-Sampling's reflections: per step, cumulative, decomposed.
 
-Notation (DESIGN.md): a reflection at step i moves x_i by
+Notation (docs/design.md): a reflection at step i moves x_i by
 ``delta_i = x_i(after zag) - x_i(before)``. With the "ddim" operator it
 splits exactly into the guidance-gap term and an inversion residual,
 

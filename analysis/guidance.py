@@ -1,6 +1,6 @@
 """Guidance-matched evaluation: does self-reflection beat plain CFG at the same effective strength and compute?
 
-Why (DESIGN.md, "Evaluation honesty"; "Guidance Matters: Rethinking the
+Why (docs/design.md, "Evaluation honesty"; "Guidance Matters: Rethinking the
 Evaluation Pitfall for Text-to-Image Generation", ICLR 2026): Z-Sampling
 with a null zag acts, to first order, like CFG at 2 g1 - g2, and it spends
 more network calls. Beating standard sampling at the same T therefore shows

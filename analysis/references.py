@@ -1,6 +1,6 @@
 """Reference values the quality numbers are read against: the data's own guard values and Frechet noise floor.
 
-Why (DESIGN.md, "Evaluation honesty"): a quality guard has no fixed
+Why (docs/design.md, "Evaluation honesty"): a quality guard has no fixed
 direction. Real digits have 58 % of their pixels at the range limits (a
 black background), more than any generated cell, so "less clipping is
 better" would reward images that look less like the data. A guard is

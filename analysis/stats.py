@@ -6,7 +6,7 @@ intervals here come from :func:`scipy.stats.bootstrap` with an explicit seed
 (a fresh ``numpy.random.default_rng(seed)`` per call), so the same data and
 seed give the same interval, bit for bit.
 
-Prompts are the unit (DESIGN.md, "Evaluation honesty"): samples that share a
+Prompts are the unit (docs/design.md, "Evaluation honesty"): samples that share a
 prompt are correlated, so whenever some prompt has more than one sample the
 bootstrap resamples whole prompts (:func:`cluster_bootstrap_ci`: the pooled
 mean of the resampled prompts' samples) instead of single samples, which

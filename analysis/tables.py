@@ -6,7 +6,7 @@ of :data:`SETTING_COLUMNS` and one float column per per-sample metric;
 metrics (e.g. ``frechet_pca``). Everything not in :data:`RESERVED_COLUMNS`
 that is numeric counts as a metric, so new scorers need no change here.
 
-Notation (DESIGN.md): T = ``num_inference_steps``, g1 = ``guidance_scale``,
+Notation (docs/design.md): T = ``num_inference_steps``, g1 = ``guidance_scale``,
 g2 = ``inversion_guidance_scale``, lambda = ``zigzag_steps`` (0 = standard
 sampling), rounds, zag operator ("official" | "ddim") and, for "ddim", the
 zag's evaluation timestep ("next" = t_{i+1}, "current" = t_i).

@@ -37,7 +37,7 @@ Everything is deterministic for a given seed, torch build and thread count
 without retraining the UNet. ``--evaluate`` measures the Z-Sampling effect
 (standard vs zigzag alignment) of the model in ``--out`` with
 ``zsampling.sample`` (or, with ``--eval-sampler reference``, a self-contained
-reference loop that follows DESIGN.md's "official" operator for DDIM and its
+reference loop that follows docs/design.md's "official" operator for DDIM and its
 "euler" operator, evaluated at the next sigma, for flow matching), prints a
 JSON summary and records it in TRAINING.md.
 """
@@ -551,7 +551,7 @@ def reference_sample(
 ) -> torch.Tensor:
     """Standard (window 0) or Z-Sampling with the "official" zag, one round; images in [0, 1].
 
-    A self-contained reference loop following DESIGN.md, used to check the
+    A self-contained reference loop following docs/design.md, used to check the
     shipped model; the toolkit's sampler is ``zsampling.sample``.
     """
     from zsampling.denoisers.base import Branches
@@ -596,7 +596,7 @@ def reference_sample_flow(
     one round, on a flow-matching demo model; images in [0, 1].
 
     Zig ``y = x + (s_{i+1} - s_i) v_g1(x, s_i)``, zag ``x' = y - (s_{i+1} - s_i)
-    v_g2(y, s_{i+1})`` (DESIGN.md, "Flow matching"), then the ordinary Euler step;
+    v_g2(y, s_{i+1})`` (docs/design.md, "Moves"), then the ordinary Euler step;
     initial latents N(0, I), sigmas and timesteps from the scheduler.
     """
     from zsampling.denoisers.base import Branches

@@ -12,7 +12,7 @@ setting (g2 = 0, full window lambda = T-1, one round):
   T = 61, which spends the same network rows as Z-Sampling at T = 25
   (2*61 = 122 = 2T + 3*lambda), the fairness check at equal compute;
 * matched guidance: plain CFG at Z-Sampling's measured effective guidance
-  and at 2 g1 - g2, with the same network rows (DESIGN.md, "Evaluation
+  and at 2 g1 - g2, with the same network rows (docs/design.md, "Evaluation
   honesty"), for both zag operators.
 
 Each part is a sweep spec run into one output directory (``extend``), so the

@@ -1,6 +1,6 @@
 """Quality guards that need no weights: clipping and colour saturation of decoded images.
 
-Why (DESIGN.md, "Evaluation honesty"): stronger guidance -- and Z-Sampling,
+Why (docs/design.md, "Evaluation honesty"): stronger guidance -- and Z-Sampling,
 which acts like stronger guidance -- raises alignment and human-preference
 scores while it pushes pixels to the ends of their range and over-saturates
 colours. These scorers sit beside the alignment scorers so that "alignment

@@ -1,6 +1,6 @@
 """Effective guidance of a run and the split of each gain along / across the guidance direction.
 
-Why (DESIGN.md, "Evaluation honesty"): Z-Sampling with a null zag acts, to
+Why (docs/design.md, "Evaluation honesty"): Z-Sampling with a null zag acts, to
 first order, like stronger classifier-free guidance, and it spends more
 network calls. The question a reviewer asks ("Guidance Matters", ICLR 2026)
 is whether it beats plain CFG at the same *effective* strength and the same
