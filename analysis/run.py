@@ -29,7 +29,6 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -109,12 +108,6 @@ class RunData:
         if images.dtype == np.uint8:  # the sweep stores images as uint8 (4x smaller)
             return images.astype(np.float32) / 255.0
         return images.astype(np.float32)
-
-    @cached_property
-    def trace_frames(self) -> pd.DataFrame:
-        """Every trace's ``to_frame()`` with a ``cell`` column (empty when there are none)."""
-        frames = [trace_frame(self.trace(cell), cell=cell) for cell in sorted(self.trace_files)]
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def load_run(run_dir: str | Path) -> RunData:

@@ -347,10 +347,6 @@ def reproduce(
                            sweep=sweep)
 
 
-def _split(values: Sequence[str] | None) -> list[str]:
-    return [item.strip() for value in values or () for item in value.split(",") if item.strip()]
-
-
 def summary_lines(result: ReproduceResult) -> list[str]:
     """Human-readable lines on what :func:`reproduce` wrote (the CLI echoes them)."""
     lines = [f"{len(result.prompts)} prompts, {len(result.results)} samples -> {result.out / 'results.csv'}"]

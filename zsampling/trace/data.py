@@ -378,11 +378,6 @@ class Trace:
         if verify is not None:
             verify()
 
-    def materialize(self) -> Trace:
-        """A copy with every large tensor in memory (detached from its file)."""
-        tensors = {name: self._tensors.get(name).clone() for name in self._tensors.names()}
-        return Trace(dict(self.meta), self.events, self.scalars, self.metrics, MemorySource(tensors))
-
     def with_meta(self, **updates: Any) -> Trace:
         """A shallow copy with ``meta`` updated (tensors shared)."""
         return Trace({**self.meta, **updates}, self.events, self.scalars, self.metrics, self._tensors)
