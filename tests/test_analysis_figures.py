@@ -460,3 +460,16 @@ def test_figures_from_a_sweep_run(tmp_path: Path) -> None:
     assert (curve["n"] == 6).all()
     cost = pd.read_csv(out / "metric_vs_nfe.csv")
     assert (cost.loc[cost["method"] == "standard", "n"] == 6).all()
+
+
+def test_figures_on_a_directory_that_is_not_a_run_fails_and_says_what_a_run_holds(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from zsampling.cli import app
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = CliRunner().invoke(app, ["figures", str(empty), "--out", str(tmp_path / "figs")])
+    assert result.exit_code == 2
+    assert "is not a run directory" in result.output and "results.parquet" in result.output
+    assert not (tmp_path / "figs").exists()

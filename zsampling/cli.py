@@ -71,6 +71,10 @@ def demo(
                + (f", figures: {out / 'figures' / 'index.md'}" if figures else ""))
 
 
+RUN_MARKERS: tuple[str, ...] = ("results.parquet", "results.csv", "cells.parquet", "traces")
+"""What a run directory holds at least one of (figures need results or traces)."""
+
+
 @app.command()
 def figures(
     run_dir: Annotated[Path, typer.Argument(help="A sweep's RUN_DIR (results, cells, traces/, images/).")],
@@ -84,6 +88,11 @@ def figures(
 
     if not run_dir.is_dir():
         raise typer.BadParameter(f"{run_dir} is not a directory", param_hint="RUN_DIR")
+    if not any((run_dir / name).exists() for name in RUN_MARKERS):
+        typer.echo(f"error: {run_dir} is not a run directory. A run (what `zsampling sweep`, `zsampling demo` and "
+                   "`zsampling reproduce` write) holds results.parquet / results.csv (one row per sample), "
+                   "cells.parquet, manifest.json, traces/ and images/; point RUN_DIR at one.", err=True)
+        raise typer.Exit(code=2)
     outputs = write_figures(run_dir, out, seed=seed, n_resamples=n_resamples)
     for output in outputs:
         typer.echo(f"{output.name}: " + (f"skipped ({output.skipped})" if output.skipped else "written"))
