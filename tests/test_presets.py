@@ -55,7 +55,7 @@ def test_other_presets_document_their_sources() -> None:
     assert list_presets()[:6] == ["sdxl", "sdxl-dpo", "dreamshaper-xl", "sd15", "sd21", "pixart-alpha"]
     expected = {  # name: (hub id, pipeline class, px, g1, prediction type)
         "sdxl-dpo": ("stabilityai/stable-diffusion-xl-base-1.0", "StableDiffusionXLPipeline", 1024, 5.0, "epsilon"),
-        "dreamshaper-xl": ("Lykon/dreamshaper-xl-1-0", "StableDiffusionXLPipeline", 1024, 5.0, "epsilon"),
+        "dreamshaper-xl": ("Lykon/dreamshaper-xl-v2-turbo", "StableDiffusionXLPipeline", 1024, 2.0, "epsilon"),
         "sd15": ("stable-diffusion-v1-5/stable-diffusion-v1-5", "StableDiffusionPipeline", 512, 7.5, "epsilon"),
         "sd21": ("stabilityai/stable-diffusion-2-1", "StableDiffusionPipeline", 768, 7.5, "v_prediction"),
         "pixart-alpha": ("PixArt-alpha/PixArt-XL-2-1024-MS", "PixArtAlphaPipeline", 1024, 4.5, "epsilon"),
@@ -155,7 +155,7 @@ def test_paper_sweep_specs_match_presets() -> None:
     for name in names:
         preset = PRESETS[name]
         spec = load_spec(folder / f"{name}.yaml")
-        assert spec.model.name == preset.hub_id and spec.model.dtype == preset.dtype
+        assert spec.model.name in (preset.hub_id, preset.name) and spec.model.dtype == preset.dtype
         assert spec.model.options["height"] == preset.height and spec.model.options.get("variant") == preset.variant
         for knob, values in preset.sweep_grid().items():
             assert list(spec.grid[knob]) == values, (name, knob)

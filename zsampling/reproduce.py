@@ -59,8 +59,13 @@ PAPER_WIN_RATES: dict[str, dict[str, float]] = {
     "pickapic": {"image_reward": 0.70, "pick_score": 0.76, "aesthetic": 0.71, "hpsv2": 0.88},
     "drawbench": {"image_reward": 0.755, "pick_score": 0.76, "aesthetic": 0.815, "hpsv2": 0.94},
 }
-"""Released winning rates of Z-Sampling over standard sampling with SDXL (the released
-code's winning-rate figure), by prompt-set format and scorer name."""
+"""Released winning rates of Z-Sampling over standard sampling (the released winning-rate figure,
+quoted in the paper's abstract and the authors' blog) by prompt-set format and scorer name. They
+are DreamShaper-XL-v2-turbo's, not SDXL's: ``zsampling reproduce dreamshaper-xl`` compares
+against them."""
+
+PAPER_WIN_RATE_PRESET = "dreamshaper-xl"
+"""The preset whose runs are compared against :data:`PAPER_WIN_RATES`."""
 
 SWEEP_DIR = "sweep"
 SCORES_DIR = "scores"
@@ -214,7 +219,7 @@ def _win_rates(results: pd.DataFrame, metrics: Sequence[str], fmt: str | None, p
                seed: int, n_resamples: int) -> pd.DataFrame:
     from analysis.compare import add_holm, compare
 
-    reference = PAPER_WIN_RATES.get(fmt or "", {}) if preset.name == "sdxl" else {}
+    reference = PAPER_WIN_RATES.get(fmt or "", {}) if preset.name == PAPER_WIN_RATE_PRESET else {}
     groups: list[tuple[str, pd.DataFrame]] = [("all", results)]
     categories = [c for c in pd.unique(results["category"]) if isinstance(c, str)]
     groups += [(c, results[results["category"] == c]) for c in categories]
