@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +11,7 @@ import torch
 
 from zsampling.prompts import (
     PROMPT_COLUMNS,
+    SHIPPED_PROMPTS,
     PromptFileError,
     detect_format,
     load_prompts,
@@ -19,22 +19,9 @@ from zsampling.prompts import (
     seed_generators,
 )
 
-
-def _shared_prompts() -> Path:
-    """The shared benchmark prompt lists (../shared/prompts beside the checkout, or
-    $ZSAMPLING_SHARED_PROMPTS, or the development machine's /work/shared/prompts)."""
-    candidates = [Path(__file__).resolve().parents[2] / "shared" / "prompts", Path("/work/shared/prompts")]
-    if os.environ.get("ZSAMPLING_SHARED_PROMPTS"):
-        candidates.insert(0, Path(os.environ["ZSAMPLING_SHARED_PROMPTS"]))
-    return next((path for path in candidates if path.is_dir()), candidates[0])
-
-
-SHARED = _shared_prompts()
-PARTI = SHARED / "partiprompts" / "PartiPrompts.tsv"
-GENEVAL = SHARED / "geneval" / "evaluation_metadata.jsonl"
-GENEVAL_TXT = SHARED / "geneval" / "generation_prompts.txt"
-needs_shared = pytest.mark.skipif(not PARTI.is_file() or not GENEVAL.is_file(),
-                                  reason="the shared benchmark prompt copies are not on this machine")
+PARTI = SHIPPED_PROMPTS["parti"]
+GENEVAL = SHIPPED_PROMPTS["geneval"]
+GENEVAL_TXT = GENEVAL.parent / "generation_prompts.txt"
 
 
 def _check_shape(frame: pd.DataFrame) -> None:
@@ -43,8 +30,7 @@ def _check_shape(frame: pd.DataFrame) -> None:
     assert all(isinstance(p, str) and p for p in frame["prompt"])
 
 
-# ------------------------------------------------------------------ real files
-@needs_shared
+# ------------------------------------------------------------------ real files (the copies the package ships)
 def test_partiprompts_real_file() -> None:
     frame = load_prompts(PARTI)
     _check_shape(frame)
@@ -57,7 +43,6 @@ def test_partiprompts_real_file() -> None:
     assert load_prompts(PARTI, limit=5)["prompt"].tolist() == frame["prompt"][:5].tolist()
 
 
-@needs_shared
 def test_geneval_real_file_and_directory() -> None:
     frame = load_prompts(GENEVAL)
     _check_shape(frame)
@@ -209,3 +194,32 @@ def test_seed_generators_and_release_latents() -> None:
     assert latents.dtype == torch.float16
     assert torch.equal(latents, torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(42),
                                             dtype=torch.float16))
+
+
+# -------------------------------------------------------------------------- shipped lists by name
+def test_shipped_lists_load_by_name_with_category_filters() -> None:
+    parti = load_prompts("parti")
+    assert len(parti) == 1632 and parti.attrs["format"] == "parti"
+    animals = load_prompts("parti:Animals")
+    assert set(animals["category"]) == {"Animals"} and 0 < len(animals) < 1632
+    # a filtered list keeps each prompt's index and seed in the whole file
+    assert animals["index"].tolist() == parti.index[parti["category"] == "Animals"].tolist()
+    two = load_prompts("geneval:two_object", limit=5)
+    assert len(two) == 5 and set(two["category"]) == {"two_object"}
+    for name in ("parti", "geneval"):
+        assert (SHIPPED_PROMPTS[name].parent / "LICENSE").is_file()
+
+
+def test_unknown_names_and_categories_list_what_is_shipped() -> None:
+    with pytest.raises(PromptFileError, match="shipped: parti, geneval"):
+        load_prompts("drawbench")
+    with pytest.raises(PromptFileError, match="no prompt has category 'Nope'; categories: Abstract, Animals"):
+        load_prompts("parti:Nope")
+
+
+def test_cli_and_sweeps_take_shipped_names(tmp_path: Path) -> None:
+    from zsampling.sweep import parse_spec
+
+    spec = parse_spec({"model": "tiny-sd", "prompts": {"file": "geneval:colors", "limit": 3}, "seeds": [0]},
+                      base_dir=tmp_path)
+    assert spec.prompts == tuple(load_prompts("geneval:colors", limit=3)["prompt"])

@@ -131,7 +131,8 @@ def test_prompt_files(tmp_path):
     with pytest.raises(SpecError,
                        match=r"prompts.file: .*no prompt column .*found columns: id, text2; give prompts.column"):
         load({"file": "q.csv"})
-    with pytest.raises(SpecError, match=r"prompts.file .*missing.txt' does not exist"):
+    with pytest.raises(SpecError,
+                       match=r"prompts.file: prompt file .*missing.txt' does not exist, and it names no shipped"):
         load({"file": "missing.txt"})
     # the file's content, not its path, is what the hash sees
     assert load({"file": "p.txt"}).hash == load(["0", "1", "2"]).hash

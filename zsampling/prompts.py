@@ -120,6 +120,31 @@ class PromptFileError(ValueError):
 
 
 # ------------------------------------------------------------------------- entry
+PROMPT_DATA_DIR = Path(__file__).resolve().parent / "prompt_data"
+SHIPPED_PROMPTS: dict[str, Path] = {
+    "parti": PROMPT_DATA_DIR / "partiprompts" / "PartiPrompts.tsv",
+    "geneval": PROMPT_DATA_DIR / "geneval" / "evaluation_metadata.jsonl",
+}
+"""Prompt lists shipped with the package (licences beside them), addressable by name:
+PartiPrompts (Apache-2.0, 12 categories) and GenEval (MIT, 6 tags)."""
+
+
+def resolve_prompt_source(source: str | Path) -> tuple[Path, str | None]:
+    """(file, category filter) of a prompt source: a path, or a shipped list's name
+    with an optional ``:category`` ("parti", "parti:Animals", "geneval:two_object").
+
+    A path that exists always wins over a name.
+    """
+    path = Path(source).expanduser()
+    if path.exists():
+        return path, None
+    name, _, category = str(source).partition(":")
+    if name in SHIPPED_PROMPTS:
+        return SHIPPED_PROMPTS[name], category or None
+    raise PromptFileError(f"prompt file {str(source)!r} does not exist, and it names no shipped prompt list "
+                          f"(shipped: {', '.join(SHIPPED_PROMPTS)}, e.g. 'parti' or 'geneval:two_object')")
+
+
 def load_prompts(
     path: str | Path,
     format: str | None = None,
@@ -132,7 +157,11 @@ def load_prompts(
     """Load a benchmark prompt set as a DataFrame with columns :data:`PROMPT_COLUMNS`.
 
     Args:
-        path: the file (or, for HPD v2 and Parquet shards, the directory).
+        path: the file (or, for HPD v2 and Parquet shards, the directory), or
+            the name of a shipped list with an optional category filter
+            (:data:`SHIPPED_PROMPTS`: ``"parti"``, ``"parti:Animals"``,
+            ``"geneval:two_object"``); a filtered list keeps each prompt's
+            index (and seed) in the whole file.
         format: one of :data:`PROMPT_FORMATS`; None detects it
             (:func:`detect_format`).
         limit: keep the first ``limit`` prompts in file order (Pick-a-Pic in
@@ -153,7 +182,7 @@ def load_prompts(
             empty prompt, or a bad seed.
         ValueError: a bad ``limit`` or ``seed_offset``.
     """
-    path = Path(path).expanduser()
+    path, category = resolve_prompt_source(path)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 1):
         raise ValueError(f"limit must be an integer >= 1 or None, got {limit!r}")
     if isinstance(seed_offset, bool) or not isinstance(seed_offset, numbers.Integral) or seed_offset < 0:
@@ -174,6 +203,11 @@ def load_prompts(
             raise PromptFileError(f"{path}: prompt {index} ({_where(row)}) is empty or not a string: {prompt!r}")
         if row.get("seed") is None:
             row["seed"] = index + int(seed_offset)
+    if category is not None:
+        categories = sorted({str(row.get("category")) for row in rows if row.get("category") is not None})
+        rows = [row for row in rows if row.get("category") == category]
+        if not rows:
+            raise PromptFileError(f"{path}: no prompt has category {category!r}; categories: {', '.join(categories)}")
     if limit is not None:
         rows = rows[: int(limit)]
     frame = pd.DataFrame(

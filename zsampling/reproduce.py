@@ -371,7 +371,8 @@ def command(
                                                "pixart-alpha, hunyuan-dit, w2sd-sdxl, sd3-medium, sd3.5-large, "
                                                "sd3.5-medium, flux-dev).", show_default=False)],
     prompts: Annotated[Path, typer.Option("--prompts", help="Prompt file: DrawBench CSV, Pick-a-Pic CSV/Parquet, "
-                                          "HPD v2 JSON (or directory), GenEval JSONL, PartiPrompts TSV, text.",
+                                          "HPD v2 JSON (or directory), GenEval JSONL, PartiPrompts TSV, text; or a "
+                                          "shipped list: parti, geneval, with :CATEGORY (parti:Animals).",
                                           show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (re-running resumes).",
                                       show_default=False)],

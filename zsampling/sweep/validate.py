@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from zsampling.config import KNOB_DEFAULTS, KNOBS, LEG_KNOBS
-from zsampling.prompts import PromptFileError, load_prompts
+from zsampling.prompts import SHIPPED_PROMPTS, PromptFileError, load_prompts
 from zsampling.sweep import models
 from zsampling.sweep.cells import expand_cells
 from zsampling.sweep.matched import check_matched_spec
@@ -260,6 +260,8 @@ def _parse_prompts(value: Any, base: Path) -> tuple[tuple[str, ...], str]:
         path = Path(str(value["file"]))
         if not path.is_absolute():
             path = base / path
+        if not path.exists() and str(value["file"]).partition(":")[0] in SHIPPED_PROMPTS:
+            path = Path(str(value["file"]))  # a shipped list by name ("parti", "geneval:two_object")
         limit = value.get("limit")
         if limit is not None:
             limit = positive_int("prompts.limit", limit)
@@ -287,8 +289,6 @@ def _read_prompt_file(path: Path, column: Any, limit: int | None) -> list[str]:
     """
     if column is not None and (not isinstance(column, str) or not column):
         raise SpecError(f"prompts.column must be a column name (string), got {column!r}")
-    if not path.exists():
-        raise SpecError(f"prompts.file {str(path)!r} does not exist")
     try:
         if column is None:
             frame = load_prompts(path, limit=limit)
