@@ -132,3 +132,6 @@ def test_notebook_executes(path: Path, tmp_path: Path, kernel_dir: Path, monkeyp
     errors = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
               if output.output_type == "error"]
     assert not errors, f"{path.name}: cells raised {[(e.ename, e.evalue) for e in errors]}"
+    stderr = "".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+                     for output in cell.outputs if output.output_type == "stream" and output.name == "stderr")
+    assert "IProgress not found" not in stderr, f"{path.name}: tqdm found no ipywidgets (notebooks extra)"
