@@ -41,7 +41,6 @@ preset's ``local_path``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +50,7 @@ import numpy as np
 import pandas as pd
 import typer
 
+from zsampling.atomic import atomic_write
 from zsampling.presets import ModelPreset, available_hub_id, get_preset
 
 __all__ = ["PAPER_WIN_RATES", "ReproduceResult", "paper_spec", "reproduce", "score_sweep"]
@@ -203,9 +203,7 @@ def score_sweep(
                         values += [float(v) for v in scorer.score(batch, prompts).reshape(-1).tolist()]
             new = pd.DataFrame({"cell": cell, "sample_index": [r["sample_index"] for r in rows], name: values})
             done = pd.concat([done, new], ignore_index=True) if len(done) else new
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            done.to_csv(tmp, index=False)
-            os.replace(tmp, path)
+            atomic_write(path, lambda tmp, frame=done: frame.to_csv(tmp, index=False))
         done["cell"] = done["cell"].astype(str)
         done["sample_index"] = done["sample_index"].astype("int64")
         done[name] = done[name].astype("float64")

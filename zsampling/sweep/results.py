@@ -33,13 +33,13 @@ divided among its samples in ``results``.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from zsampling.atomic import atomic_write, atomic_write_bytes
 from zsampling.config import KNOBS, LEG_KNOBS
 
 RECORD_SCHEMA = "zsampling.sweep.record"
@@ -111,40 +111,16 @@ def load_images(path: str | Path) -> Any:
 
 
 # -------------------------------------------------------------------- atomic IO
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file, fsync and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def atomic_write_json(path: Path, value: Any) -> None:
     """JSON (NaN allowed, as Python writes it) written atomically."""
     atomic_write_bytes(path, (json.dumps(value, indent=1, allow_nan=True) + "\n").encode("utf-8"))
 
 
 def _atomic_frame(path: Path, frame: pd.DataFrame, kind: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        if kind == "parquet":
-            frame.to_parquet(tmp, index=False)
-        else:
-            frame.to_csv(tmp, index=False)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    if kind == "parquet":
+        atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+    else:
+        atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
 # ----------------------------------------------------------------------- records

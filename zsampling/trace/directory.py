@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from zsampling.atomic import atomic_write_text
 from zsampling.trace.data import Trace
 from zsampling.trace.storage import TraceFormatError, read_trace_meta, save_trace
 
@@ -154,14 +155,7 @@ class TraceWriter:
         return trace
 
     def _rewrite_index(self) -> None:
-        path = self.directory / INDEX_NAME
-        tmp = self.directory / f".{INDEX_NAME}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            for entry in self._entries:
-                handle.write(json.dumps(entry) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        atomic_write_text(self.directory / INDEX_NAME, "".join(json.dumps(entry) + "\n" for entry in self._entries))
 
     def close(self) -> None:
         """Nothing is buffered: every write is already on disk."""

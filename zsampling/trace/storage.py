@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +26,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from zsampling.atomic import atomic_write
 from zsampling.trace.schema import EVENT_COLUMNS, SCHEMA, SCHEMA_VERSION
 
 if TYPE_CHECKING:
@@ -89,17 +89,7 @@ def save_trace(trace: Trace, path: str | Path) -> Path:
         header = json.dumps(description, allow_nan=True)
     except TypeError as error:
         raise ValueError(f"trace metadata must be JSON-serialisable: {error}") from error
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata={META_KEY: header})
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={META_KEY: header}))
 
 
 def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
