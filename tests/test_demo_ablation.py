@@ -96,3 +96,14 @@ def test_the_flow_demo_runs_the_same_ablation_with_the_euler_zag(tmp_path):
 def test_unknown_family_is_refused():
     with pytest.raises(ValueError, match="family must be one of"):
         demo_specs(2, family="sde")
+
+
+def test_the_closing_table_prints_what_a_reader_needs(demo_run):
+    from zsampling.demo_ablation import CLOSING_COLUMNS, closing_table
+
+    _, summary = demo_run
+    table = closing_table(summary)
+    assert tuple(table.columns) == CLOSING_COLUMNS and len(table) == len(summary)
+    z = table[table["setting"] == "Z, T=25, lambda=24, g2=0, rounds=1, official"].iloc[0]
+    assert z["nfe"] == 2 * STEPS + 3 * 24 and z["win rate [95% CI]"].startswith("0.")
+    assert table[table["setting"].str.startswith("standard, T=25")]["win rate [95% CI]"].tolist() == ["-"]

@@ -59,16 +59,17 @@ def demo(
     import torch
 
     torch.set_num_threads(threads)
-    from zsampling.demo_ablation import run_demo
+    from zsampling.demo_ablation import closing_table, run_demo
 
     summary = run_demo(out, seeds_per_digit=seeds, quick=quick, progress=progress, figures=figures, family=family,
                        gap=gap)
-    with pd.option_context("display.width", 160, "display.max_columns", 20):
-        typer.echo(summary.to_string(index=False, float_format=lambda value: f"{value:.3f}"))
+    table = summary if "verdict" in summary.attrs else closing_table(summary)
+    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.max_colwidth", 60):
+        typer.echo(table.to_string(index=False, float_format=lambda value: f"{value:.3f}"))
     if "verdict" in summary.attrs:
         typer.echo(summary.attrs["verdict"])
-    typer.echo(f"results: {out / 'results.parquet'}, summary: {out / 'summary.csv'}"
-               + (f", figures: {out / 'figures' / 'index.md'}" if figures else ""))
+    typer.echo(f"every column: {out / 'summary.csv'}; results: {out / 'results.parquet'}"
+               + (f"; figures: {out / 'figures' / 'index.md'}" if figures else ""))
 
 
 RUN_MARKERS: tuple[str, ...] = ("results.parquet", "results.csv", "cells.parquet", "traces")

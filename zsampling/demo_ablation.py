@@ -183,9 +183,17 @@ def run_demo(
     specs = (lora_gap_specs(seeds_per_digit, quick=quick) if gap == "lora"
              else demo_specs(seeds_per_digit, quick=quick, family=family))
     parsed = [parse_spec(spec) for spec in specs.values()]  # validate every part before running any
+    from tqdm.auto import tqdm
+
+    from zsampling.sweep import expand_cells
+
     result = None
-    for spec in parsed:
-        result = run_sweep(spec, out, extend=True, progress=progress)
+    sizes = [len(expand_cells(spec)) for spec in parsed]
+    with tqdm(total=sum(sizes), desc="demo (all parts)", unit="cell", disable=not progress, position=1,
+              leave=False) as overall:
+        for spec, size in zip(parsed, sizes, strict=True):
+            result = run_sweep(spec, out, extend=True, progress=progress)  # its bar is labelled with the part
+            overall.update(size)
     assert result is not None and result.results is not None
     if gap == "lora":
         summary = summarize_lora_gap(result.results, result.cells)
@@ -201,6 +209,31 @@ def run_demo(
 
         write_figures(out, out / "figures")
     return summary
+
+
+CLOSING_COLUMNS: tuple[str, ...] = ("setting", "nfe", "alignment", "frechet_pca", "win rate [95% CI]")
+"""What ``zsampling demo`` prints at the end; summary.csv holds every column."""
+
+
+def closing_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary's few columns a reader needs: one readable setting, NFE, alignment,
+    Frechet distance and the win rate on alignment with its interval."""
+    def setting(row: pd.Series) -> str:
+        if row["method"] == "standard" or str(row["method"]).startswith("cfg_matched"):
+            return f"{row['method']}, T={int(row['num_inference_steps'])}, g={row['guidance_scale']:g}"
+        extra = f", {row['zag']}" + (" (eval t_i)" if row.get("zag_eval_timestep") == "current" else "")
+        return (f"Z, T={int(row['num_inference_steps'])}, lambda={int(row['zigzag_steps'])}, "
+                f"g2={row['inversion_guidance_scale']:g}, rounds={int(row['rounds'])}{extra}")
+
+    def win(row: pd.Series) -> str:
+        if pd.isna(row.get("win_rate")):
+            return "-"
+        return f"{row['win_rate']:.2f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
+
+    return pd.DataFrame({
+        "setting": summary.apply(setting, axis=1), "nfe": summary["nfe"], "alignment": summary["alignment"],
+        "frechet_pca": summary["frechet_pca"], "win rate [95% CI]": summary.apply(win, axis=1),
+    }, columns=list(CLOSING_COLUMNS))
 
 
 def summarize_demo(results: pd.DataFrame, cells: pd.DataFrame | None = None,

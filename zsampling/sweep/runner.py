@@ -470,7 +470,8 @@ class _Executor:
             self.model = load_model(self.spec.model, self.device)
         begin = time.perf_counter()
         total = sum(len(group.cells) for group in groups)
-        bar = tqdm(total=total, desc="sweep", unit="cell", disable=not self.progress, position=self.position,
+        bar = tqdm(total=total, desc=self.spec.name or "sweep", unit="cell", disable=not self.progress,
+                   position=self.position,
                    bar_format="{l_bar}{bar}| {n:.1f}/{total} cells [{elapsed}<{remaining}]")
         try:
             for group in groups:
