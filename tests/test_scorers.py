@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from zsampling.devices import resolve_device
 from zsampling.metrics import (
     MissingWeightsError,
     Scorer,
@@ -50,7 +51,7 @@ from zsampling.metrics.scorers import (
 from zsampling.metrics.scorers._loading import load_state_dict_file
 from zsampling.metrics.scorers.hpsv2 import HPSV2_FILES, clip_from_open_clip
 from zsampling.metrics.scorers.image_reward import IMAGE_REWARD_MEAN, IMAGE_REWARD_STD
-from zsampling.metrics.scorers.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, default_dtype, resolve_device
+from zsampling.metrics.scorers.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, default_dtype
 
 torch.set_num_threads(1)
 

@@ -75,6 +75,7 @@ from typing import Any
 import torch
 
 from zsampling.config import leg_knobs, legs_from_knobs
+from zsampling.devices import resolve_device, torch_dtype
 from zsampling.legs import Legs
 
 __all__ = [
@@ -100,13 +101,6 @@ _LEADING = {"clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, 
 _TRAILING = {"clip_sample": False, "set_alpha_to_one": False, "steps_offset": 0, "timestep_spacing": "trailing"}
 """DDIM for few-step (turbo) checkpoints: trailing spacing starts at t = 999, as their samplers do."""
 _SDXL_VAE_FP16_FIX = "madebyollin/sdxl-vae-fp16-fix"
-
-_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-}
-
 
 class WeightsNotFoundError(OSError):
     """A preset's weights are neither at the given path nor available from the hub.
@@ -533,28 +527,8 @@ def get_preset(name: str) -> ModelPreset:
 def resolve_dtype(dtype: str | torch.dtype | None, preset: ModelPreset, device: torch.device) -> torch.dtype:
     """The load dtype: the given one, else the preset's on an accelerator and float32 on the CPU."""
     if dtype is None:
-        return torch.float32 if device.type == "cpu" else _DTYPES[preset.dtype]
-    if isinstance(dtype, torch.dtype):
-        if dtype not in _DTYPES.values():
-            raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
-        return dtype
-    if str(dtype).lower() not in _DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(_DTYPES)} (or a torch.dtype), got {dtype!r}")
-    return _DTYPES[str(dtype).lower()]
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or another torch device, "
-                         f"got {device!r}") from error
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {str(device)!r} was requested but CUDA is not available "
-                           "(pass device='cpu' to load on the CPU)")
-    return resolved
+        return torch.float32 if device.type == "cpu" else torch_dtype(preset.dtype)
+    return torch_dtype(dtype)
 
 
 def _offline() -> bool:
@@ -722,7 +696,7 @@ def load_preset_pipeline(
     if preset.legs.uses_lora and lora_path is None:
         raise ValueError(f"preset {preset.name!r} switches LoRA scales per leg and needs its LoRA: pass lora_path= "
                          f"(--lora-path); {preset.notes}")
-    target = _resolve_device(device)
+    target = resolve_device(device)
     if cpu_offload and target.type == "cpu":
         raise ValueError("cpu_offload moves models between the CPU and an accelerator; it needs device='cuda' "
                          "(or another accelerator), got device='cpu'")

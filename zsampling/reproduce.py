@@ -124,8 +124,8 @@ def paper_spec(
         WeightsNotFoundError: no ``model_path``, offline and the hub id is not cached.
         SpecError: an invalid setting (from the sweep's validation).
     """
+    from zsampling.devices import resolve_device
     from zsampling.sweep import parse_spec
-    from zsampling.sweep.models import resolve_device
 
     preset = get_preset(preset) if isinstance(preset, str) else preset
     target = resolve_device(device)

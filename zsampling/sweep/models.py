@@ -65,6 +65,7 @@ from typing import Any, Literal
 
 import torch
 
+from zsampling.devices import torch_dtype
 from zsampling.sweep.spec import ModelSpec, SpecError
 
 ModelKind = Literal["demo", "analytic", "tiny", "preset", "diffusers"]
@@ -94,15 +95,6 @@ _OPTION_KEYS: dict[str, tuple[str, ...]] = {
 _PIPELINE_KINDS: tuple[str, ...] = ("preset", "diffusers")
 """Kinds loaded as diffusers pipelines (metrics registered for "diffusers" apply to both)."""
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-           "float64": torch.float64}
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    """The torch dtype of a spec dtype name."""
-    return _DTYPES[name]
-
-
 # ------------------------------------------------------------------- model kinds
 def model_kind(name: str, *, key: str = "model.name") -> ModelKind:
     """Classify a model name without loading anything.
@@ -362,15 +354,6 @@ class LoadedModel:
         if name not in self._metrics:
             self._metrics[name] = METRICS[name].factory(self)
         return self._metrics[name]
-
-
-def resolve_device(device: str, default: torch.device | None = None) -> torch.device:
-    """``auto``: ``default`` (the accelerate process's device) or cuda when available, else cpu."""
-    if device != "auto":
-        return torch.device(device)
-    if default is not None:
-        return torch.device(default)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def load_model(spec: ModelSpec, device: torch.device) -> LoadedModel:

@@ -56,6 +56,7 @@ from typing import Any
 import torch
 
 from zsampling.api import initial_latents, route_legs, target_schedule
+from zsampling.devices import resolve_device, torch_dtype
 from zsampling.sampler import Event, expected_network_rows, guidance_mode, zigzag_sample
 from zsampling.schedule import Schedule
 from zsampling.sweep import results as res
@@ -73,7 +74,7 @@ from zsampling.sweep.cells import (
     select_cells,
     sweep_samples,
 )
-from zsampling.sweep.models import METRICS, LoadedModel, load_model, resolve_device, torch_dtype
+from zsampling.sweep.models import METRICS, LoadedModel, load_model
 from zsampling.sweep.spec import SpecError, SweepSpec
 from zsampling.sweep.validate import load_spec
 

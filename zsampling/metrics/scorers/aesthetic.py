@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from zsampling.devices import resolve_device
 from zsampling.metrics.scorers._loading import load_or_explain, load_state_dict_file, resolve_file
 from zsampling.metrics.scorers.clip import (
     ImageBatcher,
@@ -41,7 +42,6 @@ from zsampling.metrics.scorers.images import (
     check_prompts,
     count_images,
     default_dtype,
-    resolve_device,
 )
 
 __all__ = ["AESTHETIC_CLIP", "AESTHETIC_FILE", "AESTHETIC_HUB_ID", "LaionAesthetic"]

@@ -43,13 +43,13 @@ from typing import Any, ClassVar
 
 import torch
 
+from zsampling.devices import resolve_device
 from zsampling.metrics.scorers._loading import load_or_explain
 from zsampling.metrics.scorers.images import (
     ImagePreprocess,
     check_prompts,
     count_images,
     default_dtype,
-    resolve_device,
     to_image_batches,
 )
 

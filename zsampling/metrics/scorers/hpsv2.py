@@ -57,6 +57,7 @@ from typing import Any
 
 import torch
 
+from zsampling.devices import resolve_device
 from zsampling.metrics.scorers._loading import (
     build_with_state_dict,
     load_or_explain,
@@ -64,7 +65,7 @@ from zsampling.metrics.scorers._loading import (
     resolve_file,
 )
 from zsampling.metrics.scorers.clip import CLIPImageTextScorer, _vision_image_size
-from zsampling.metrics.scorers.images import ImagePreprocess, default_dtype, resolve_device
+from zsampling.metrics.scorers.images import ImagePreprocess, default_dtype
 
 __all__ = ["HPSV2_FILES", "HPSV2_HUB_ID", "HPSv2", "convert_open_clip_state_dict", "vit_h14_config"]
 

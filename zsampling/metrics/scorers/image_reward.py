@@ -58,6 +58,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from zsampling.devices import resolve_device
 from zsampling.metrics.scorers._loading import (
     build_with_state_dict,
     load_or_explain,
@@ -71,7 +72,6 @@ from zsampling.metrics.scorers.images import (
     check_prompts,
     count_images,
     default_dtype,
-    resolve_device,
 )
 
 __all__ = [

@@ -60,7 +60,6 @@ __all__ = [
     "OPENAI_CLIP_STD",
     "ImagePreprocess",
     "default_dtype",
-    "resolve_device",
     "to_image_batches",
 ]
 
@@ -69,13 +68,6 @@ OPENAI_CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.2757771
 
 RANGE_TOLERANCE = 1e-3
 """How far float pixels may stray outside [0, 1] (then clamped) before it is an error."""
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` -> CUDA when available, else CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def default_dtype(device: str | torch.device) -> torch.dtype:
