@@ -511,12 +511,7 @@ class GaussianMixtureDenoiser:
         self.network_rows = 0
 
     def __call__(self, x: torch.Tensor, t: int, branches: Branches) -> EpsPair:
-        if branches.count == 0:
-            raise ValueError("a denoiser call needs at least one branch")
-        batch = self._log_weights["cond"].shape[0]
-        if x.ndim != 2 or x.shape[0] != batch:
-            raise ValueError(f"x must have shape ({batch}, {self.model.dim}) (the encoded batch), "
-                             f"got {tuple(x.shape)}")
+        batch = _check_call(x, branches, self._log_weights["cond"].shape[0], self.model.dim)
         a = self.model.alpha_bar(int(t))
         log_n, whitened = self.model._component_terms(self.model._as_points(x), self.model._noised(a))
         scale = math.sqrt(1.0 - a)
@@ -556,6 +551,15 @@ class GaussianMixtureTarget:
         if output_type not in self.output_types:
             raise ValueError(f"output_type must be one of {self.output_types} for points, got {output_type!r}")
         return latents.detach().cpu().numpy() if output_type == "np" else latents
+
+
+def _check_call(x: torch.Tensor, branches: Branches, batch: int, dim: int) -> int:
+    """Refuse a call with no branch or points that are not the encoded batch; returns the batch size."""
+    if branches.count == 0:
+        raise ValueError("a denoiser call needs at least one branch")
+    if x.ndim != 2 or x.shape[0] != batch:
+        raise ValueError(f"x must have shape ({batch}, {dim}) (the encoded batch), got {tuple(x.shape)}")
+    return batch
 
 
 def _mix(log_n: torch.Tensor, whitened: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
@@ -780,12 +784,7 @@ class FlowGaussianMixtureDenoiser:
         self.network_rows = 0
 
     def __call__(self, x: torch.Tensor, t: float, branches: Branches) -> EpsPair:
-        if branches.count == 0:
-            raise ValueError("a denoiser call needs at least one branch")
-        batch = self._log_weights["cond"].shape[0]
-        if x.ndim != 2 or x.shape[0] != batch:
-            raise ValueError(f"x must have shape ({batch}, {self.model.dim}) (the encoded batch), "
-                             f"got {tuple(x.shape)}")
+        batch = _check_call(x, branches, self._log_weights["cond"].shape[0], self.model.dim)
         sigma = self.model.sigma(float(t))
         log_n, whitened = self.model._component_terms(self.model._as_points(x), self.model._flow_noised(sigma))
         terms = self.model._velocity_terms(whitened, sigma)

@@ -127,24 +127,31 @@ def weight_gap_cells(spec: SweepSpec, source: Cell) -> list[tuple[Cell, dict[str
     out = []
     for k, (kind, name) in enumerate(zip(WEIGHT_GAP_METHODS, ("zig", "step"), strict=True)):
         leg = getattr(source.legs, name)
-        scale = config.leg_guidance(name)
-        steps = matched_steps(nfe, scale, spec.branches)
-        knobs = {**source.knobs(), "num_inference_steps": steps, "guidance_scale": scale, "zigzag_steps": 0}
-        legs = Legs(step=dataclasses.replace(leg, guidance=None))
-        cell = Cell(index=_INDEX_BASE + 3 * source.index + k,
-                    hash=matched_hash(spec, knobs, kind, source.hash, legs), model=source.model, legs=legs,
-                    matched=kind, source=source.hash, **knobs)
-        out.append((cell, {
-            "kind": kind,
-            "source": source.hash,
-            "source_settings": source.settings(),
-            "source_nfe": nfe,
-            "nfe": steps * rows_per_step(scale, spec.branches),
-            "target_scale": scale,
-            "rule": f"plain sampling (lambda = 0) with the source's {name} leg on every step, on the same samples; "
-                    "steps = the fewest with rows >= the source's",
-        }))
+        cell, info = _derived(spec, source, k, kind, nfe, config.leg_guidance(name),
+                              Legs(step=dataclasses.replace(leg, guidance=None)))
+        info["rule"] = (f"plain sampling (lambda = 0) with the source's {name} leg on every step, on the same "
+                        "samples; steps = the fewest with rows >= the source's")
+        out.append((cell, info))
     return out
+
+
+def _derived(spec: SweepSpec, source: Cell, k: int, kind: str, nfe: int, scale: float,
+             legs: Legs | None = None) -> tuple[Cell, dict[str, Any]]:
+    """A derived standard cell (lambda = 0) at guidance ``scale`` with the fewest steps whose rows
+    reach ``nfe``, and the common part of its ``matched`` record entry."""
+    steps = matched_steps(nfe, scale, spec.branches)
+    knobs = {**source.knobs(), "num_inference_steps": steps, "guidance_scale": scale, "zigzag_steps": 0}
+    legs = legs if legs is not None else Legs()
+    cell = Cell(index=_INDEX_BASE + 3 * source.index + k, hash=matched_hash(spec, knobs, kind, source.hash, legs),
+                model=source.model, legs=legs, matched=kind, source=source.hash, **knobs)
+    return cell, {
+        "kind": kind,
+        "source": source.hash,
+        "source_settings": source.settings(),
+        "source_nfe": nfe,
+        "nfe": steps * rows_per_step(scale, spec.branches),
+        "target_scale": scale,
+    }
 
 
 def source_nfe(cell: Cell, branches: str) -> int:
@@ -193,18 +200,8 @@ def matched_cells(spec: SweepSpec, source: Cell, summary: Mapping[str, Any],
     nfe = source_nfe(source, spec.branches)
     out = []
     for k, kind in enumerate(MATCHED_METHODS):
-        scale = scales[kind]
-        steps = matched_steps(nfe, scale, spec.branches)
-        knobs = {**source.knobs(), "num_inference_steps": steps, "guidance_scale": scale, "zigzag_steps": 0}
-        cell = Cell(index=_INDEX_BASE + 3 * source.index + k, hash=matched_hash(spec, knobs, kind, source.hash),
-                    model=source.model, matched=kind, source=source.hash, **knobs)
-        info = {
-            "kind": kind,
-            "source": source.hash,
-            "source_settings": source.settings(),
-            "source_nfe": nfe,
-            "nfe": steps * rows_per_step(scale, spec.branches),
-            "target_scale": scale,
+        cell, info = _derived(spec, source, k, kind, nfe, scales[kind])
+        info.update({
             "measured_scale": float(measured),
             "measured_form": form,
             "measured_scale_parallel": _float_or_none(summary.get("effective_guidance_parallel")),
@@ -212,7 +209,7 @@ def matched_cells(spec: SweepSpec, source: Cell, summary: Mapping[str, Any],
             "measured_scale_window": summary.get(f"{MEASURED_FORMS[form]}_window"),
             "first_order_scale": float(first_order),
             "rule": "plain CFG (lambda = 0) on the same samples; steps = the fewest with rows >= the source's",
-        }
+        })
         out.append((cell, info))
     return out
 
