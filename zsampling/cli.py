@@ -12,12 +12,10 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(
-    name="zsampling",
-    help="Run, instrument and analyse Zigzag Diffusion Sampling (Z-Sampling, ICLR 2025).",
-    no_args_is_help=True,
-    add_completion=False,
-)
+from zsampling.reproduce import command as reproduce
+from zsampling.sweep.command import sweep
+
+app = typer.Typer(name="zsampling", no_args_is_help=True, add_completion=False)
 
 
 @app.callback()
@@ -25,7 +23,6 @@ def _root() -> None:
     """Run, instrument and analyse Zigzag Diffusion Sampling (Z-Sampling, ICLR 2025)."""
 
 
-@app.command()
 def info() -> None:
     """Print the versions and devices zsampling runs with."""
     import diffusers
@@ -38,7 +35,6 @@ def info() -> None:
     typer.echo(f"cuda available: {torch.cuda.is_available()}")
 
 
-@app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Output directory (re-running resumes).")] = Path("demo-output"),
     seeds: Annotated[int, typer.Option("--seeds", help="Seeds per digit (samples per cell = 10 x seeds).")] = 20,
@@ -76,7 +72,6 @@ RUN_MARKERS: tuple[str, ...] = ("results.parquet", "results.csv", "cells.parquet
 """What a run directory holds at least one of (figures need results or traces)."""
 
 
-@app.command()
 def figures(
     run_dir: Annotated[Path, typer.Argument(help="A sweep's RUN_DIR (results, cells, traces/, images/).")],
     out: Annotated[Path, typer.Option("--out", help="Directory for the PNG, PDF, CSV files and index.md.")] = Path(
@@ -100,24 +95,10 @@ def figures(
     typer.echo(f"index: {out / 'index.md'}")
 
 
-def _register_sweep() -> None:
-    """``zsampling sweep`` (defined in zsampling.sweep.command, which imports nothing heavy)."""
-    from zsampling.sweep.command import sweep
-
-    app.command(name="sweep")(sweep)
-
-
-_register_sweep()
-
-
-def _register_reproduce() -> None:
-    """``zsampling reproduce`` (defined in zsampling.reproduce; models load inside the command)."""
-    from zsampling.reproduce import command
-
-    app.command(name="reproduce")(command)
-
-
-_register_reproduce()
+COMMANDS = {"info": info, "demo": demo, "sweep": sweep, "figures": figures, "reproduce": reproduce}
+"""Every command, registered here once; each one's help is its docstring."""
+for _name, _command in COMMANDS.items():
+    app.command(name=_name)(_command)
 
 
 def main() -> None:
