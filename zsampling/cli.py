@@ -48,12 +48,26 @@ def demo(
     figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Write figures to OUT/figures.")] = True,
     threads: Annotated[int, typer.Option("--threads", help="torch CPU threads (the 8x8 model gains little from more; "
                                                            "oversubscribed cores slow it down badly).")] = 1,
+    world: Annotated[str, typer.Option("--world", help="digits: the 8x8 class-conditional model; pairs: the 8x16 "
+                                                       "two-digit text-conditioned model (--seeds = seeds per prompt)."
+                                       )] = "digits",
 ) -> None:
-    """Run the Z-Sampling ablation on the shipped digits model and print the summary."""
+    """Run the Z-Sampling ablation on a shipped model (digits or pairs) and print the summary."""
     import pandas as pd
     import torch
 
     torch.set_num_threads(threads)
+    if world not in ("digits", "pairs"):
+        raise typer.BadParameter(f"must be 'digits' or 'pairs', got {world!r}", param_hint="--world")
+    if world == "pairs":
+        from zsampling.pairs_ablation import run_pairs_demo
+
+        table = run_pairs_demo(out, seeds_per_prompt=seeds, quick=quick, progress=progress)
+        with pd.option_context("display.width", 160, "display.max_columns", 20):
+            typer.echo(table.to_string(index=False, float_format=lambda value: f"{value:.3f}"))
+        typer.echo(f"results: {out / 'results.parquet'}, summary: {out / 'summary.csv'}, "
+                   f"matched guidance by prompt: {out / 'matched_prompts.csv'}")
+        return
     from zsampling.demo_ablation import run_demo
 
     summary = run_demo(out, seeds_per_digit=seeds, quick=quick, progress=progress, figures=figures)

@@ -38,7 +38,7 @@ import torch
 from zsampling.pairs_model import ANY, BLANK, METRICS_FILE, PAIRS_MODEL_DIR, SLOT_SIZE, PairPrompt, parse_prompt
 
 _RANGE_TOL = 1e-4
-SLOT_LABELS = 11
+SLOT_LABELS = BLANK + 1
 """Digits 0-9 and ``BLANK`` (10)."""
 
 
