@@ -46,7 +46,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from zsampling.denoisers.demo import build_scheduler, build_unet  # noqa: E402
-from zsampling.denoisers.pairs import PairsTextEncoder  # noqa: E402
+from zsampling.denoisers.pairs import PairsTextEncoder, add_position_channel  # noqa: E402
 from zsampling.pairs_model import (  # noqa: E402
     BLANK,
     CONFIG_FILE,
@@ -97,6 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--channels", type=str, default="32,64", help="UNet block_out_channels")
     p.add_argument("--dim", type=int, default=32, help="text-encoder width = cross_attention_dim")
     p.add_argument("--layers", type=int, default=2, help="text-encoder transformer layers")
+    p.add_argument("--no-position-channel", dest="position_channel", action="store_false",
+                   help="train without the horizontal-coordinate input channel (binds left/right at chance)")
+    p.add_argument("--full-res-attention", action="store_true", help="cross-attention at 8x16 too")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--metrics-only", action="store_true", help="refit the metric arrays only")
@@ -171,15 +174,19 @@ class PairSampler:
 # --------------------------------------------------------------------------- model
 
 
-def unet_config(channels: tuple[int, ...], cross_dim: int) -> dict[str, Any]:
-    """UNet2DConditionModel config: 8x16, 1 channel, cross-attention at 4x8 (as the digits model)."""
+def unet_config(channels: tuple[int, ...], cross_dim: int, position_channel: bool = True,
+                full_res_attention: bool = False) -> dict[str, Any]:
+    """UNet2DConditionModel config: 8x16, 1 channel (+ the coordinate channel), cross-attention at 4x8
+    (as the digits model) and optionally at 8x16."""
+    first_down = "CrossAttnDownBlock2D" if full_res_attention else "DownBlock2D"
+    last_up = "CrossAttnUpBlock2D" if full_res_attention else "UpBlock2D"
     return {
         "sample_size": [HEIGHT, WIDTH],
-        "in_channels": 1,
+        "in_channels": 2 if position_channel else 1,
         "out_channels": 1,
-        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+        "down_block_types": [first_down, "CrossAttnDownBlock2D"],
         "mid_block_type": "UNetMidBlock2DCrossAttn",
-        "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", last_up],
         "block_out_channels": list(channels),
         "layers_per_block": 1,
         "cross_attention_dim": cross_dim,
@@ -208,7 +215,7 @@ def ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: floa
 
 @torch.no_grad()
 def eval_loss(unet: torch.nn.Module, enc: torch.nn.Module, x0: torch.Tensor, ids: torch.Tensor,
-              ab: torch.Tensor, seed: int) -> float:
+              ab: torch.Tensor, seed: int, pos: Any) -> float:
     """DDPM loss on a fixed evaluation set with fixed (t, noise): a comparable final loss."""
     gen = torch.Generator().manual_seed(seed + 12345)
     t = torch.randint(0, ab.shape[0], (x0.shape[0],), generator=gen)
@@ -217,7 +224,7 @@ def eval_loss(unet: torch.nn.Module, enc: torch.nn.Module, x0: torch.Tensor, ids
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
     total = 0.0
     for s in range(0, x0.shape[0], 512):
-        e = unet(x_t[s : s + 512], t[s : s + 512], encoder_hidden_states=enc(ids[s : s + 512])).sample
+        e = unet(pos(x_t[s : s + 512]), t[s : s + 512], encoder_hidden_states=enc(ids[s : s + 512])).sample
         total += float(((e - noise[s : s + 512]) ** 2).sum())
     return total / noise.numel()
 
@@ -231,7 +238,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     sampler = PairSampler(images, labels, args.seed)
     eval_x, eval_ids = PairSampler(images, labels, args.seed + 1).draw(2048, args.prompt_dropout)
     channels = tuple(int(c) for c in args.channels.split(","))
-    ucfg = unet_config(channels, args.dim)
+    ucfg = unet_config(channels, args.dim, args.position_channel, args.full_res_attention)
+    pos = add_position_channel if args.position_channel else (lambda x: x)
     unet = build_unet(ucfg)
     enc = PairsTextEncoder(dim=args.dim, layers=args.layers)
     ab = build_scheduler(SCHEDULER_CONFIG).alphas_cumprod.float()
@@ -253,7 +261,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args)
-        loss = torch.nn.functional.mse_loss(unet(x_t, t, encoder_hidden_states=enc(ids)).sample, noise)
+        loss = torch.nn.functional.mse_loss(unet(pos(x_t), t, encoder_hidden_states=enc(ids)).sample, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -271,7 +279,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     enc.load_state_dict(ema_e)
     unet.eval()
     enc.eval()
-    final_eval = eval_loss(unet, enc, eval_x, eval_ids, ab, args.seed)
+    final_eval = eval_loss(unet, enc, eval_x, eval_ids, ab, args.seed, pos)
     tail = running[-200:]
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -286,6 +294,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "warmup": args.warmup,
         "ema_decay": args.ema_decay,
         "prompt_dropout": args.prompt_dropout,
+        "position_channel": args.position_channel,
+        "full_res_attention": args.full_res_attention,
         "forms": dict(FORMS),
         "threads": args.threads,
         "parameters": n_params,
@@ -299,6 +309,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "image_size": [HEIGHT, WIDTH],
         "data_range": [-1.0, 1.0],
         "vocabulary": list(VOCABULARY),
+        "position_channel": args.position_channel,
         "unet": ucfg,
         "text_encoder": enc.config(),
         "scheduler": SCHEDULER_CONFIG,

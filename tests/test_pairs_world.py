@@ -39,7 +39,8 @@ def pair(left: torch.Tensor | None, right: torch.Tensor | None) -> torch.Tensor:
 
 
 def test_grammar() -> None:
-    assert parse_prompt("3 left of 7") == parse_prompt("7 right of 3")
+    left, right = parse_prompt("3 left of 7"), parse_prompt("7 right of 3")
+    assert (left.left, left.right, left.ordered) == (right.left, right.right, right.ordered)
     assert (parse_prompt("3 left of 7").left, parse_prompt("3 left of 7").right) == (3, 7)
     assert parse_prompt(" 7  AND 3 ") == parse_prompt("3 and 7")
     assert not parse_prompt("3 and 7").ordered

@@ -41,7 +41,9 @@ def info() -> None:
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Output directory (re-running resumes).")] = Path("demo-output"),
-    seeds: Annotated[int, typer.Option("--seeds", help="Seeds per digit (samples per cell = 10 x seeds).")] = 20,
+    seeds: Annotated[int | None, typer.Option("--seeds", help="Seeds per digit (digits world, default 20: samples per "
+                                                             "cell = 10 x seeds) or per prompt (pairs world, "
+                                                             "default 10).")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Fewer values per knob (for tests and a first look).")
                      ] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars.")] = True,
@@ -62,7 +64,7 @@ def demo(
     if world == "pairs":
         from zsampling.pairs_ablation import run_pairs_demo
 
-        table = run_pairs_demo(out, seeds_per_prompt=seeds, quick=quick, progress=progress)
+        table = run_pairs_demo(out, seeds_per_prompt=10 if seeds is None else seeds, quick=quick, progress=progress)
         with pd.option_context("display.width", 160, "display.max_columns", 20):
             typer.echo(table.to_string(index=False, float_format=lambda value: f"{value:.3f}"))
         typer.echo(f"results: {out / 'results.parquet'}, summary: {out / 'summary.csv'}, "
@@ -70,7 +72,8 @@ def demo(
         return
     from zsampling.demo_ablation import run_demo
 
-    summary = run_demo(out, seeds_per_digit=seeds, quick=quick, progress=progress, figures=figures)
+    summary = run_demo(out, seeds_per_digit=20 if seeds is None else seeds, quick=quick, progress=progress,
+                       figures=figures)
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         typer.echo(summary.to_string(index=False, float_format=lambda value: f"{value:.3f}"))
     typer.echo(f"results: {out / 'results.parquet'}, summary: {out / 'summary.csv'}"

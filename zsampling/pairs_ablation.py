@@ -49,7 +49,7 @@ PROMPTS: tuple[str, ...] = (
 QUICK_PROMPTS: tuple[str, ...] = ("3 left of 7", "7 right of 3", "3 and 7", "5 left of 2")
 
 
-def pairs_specs(seeds_per_prompt: int = 8, *, quick: bool = False) -> dict[str, dict[str, Any]]:
+def pairs_specs(seeds_per_prompt: int = 10, *, quick: bool = False) -> dict[str, dict[str, Any]]:
     """The pairs ablation's sweep specs (plain dicts for :func:`zsampling.sweep.parse_spec`), by part.
 
     ``quick`` keeps every part with fewer prompts, values and steps (tests, a first look).
@@ -88,7 +88,7 @@ def pairs_specs(seeds_per_prompt: int = 8, *, quick: bool = False) -> dict[str, 
 def run_pairs_demo(
     out: str | Path,
     *,
-    seeds_per_prompt: int = 8,
+    seeds_per_prompt: int = 10,
     quick: bool = False,
     progress: bool = True,
 ) -> pd.DataFrame:

@@ -95,6 +95,17 @@ class PairsTextEncoder(nn.Module):
                 "ff": self.ff, "max_words": self.max_words}
 
 
+def add_position_channel(x: torch.Tensor) -> torch.Tensor:
+    """Append a fixed horizontal-coordinate channel (-1 at the left edge, +1 at the right) to ``x`` (B, 1, H, W).
+
+    Why: convolutions and attention over the latent are translation-equivariant, so without it the UNet can tell
+    left from right only through the zero padding at the borders, and "3 left of 7" binds no better than chance.
+    The UNet of a model with ``position_channel`` in its config sees (B, 2, H, W); the latent stays (B, 1, H, W).
+    """
+    coord = torch.linspace(-1.0, 1.0, x.shape[-1], device=x.device, dtype=x.dtype)
+    return torch.cat([x, coord.expand(x.shape[0], 1, x.shape[-2], x.shape[-1])], dim=1)
+
+
 def latents_to_images(latents: torch.Tensor) -> torch.Tensor:
     """Map model-space latents in [-1, 1] to images in [0, 1] (clamped)."""
     return ((latents.float() + 1.0) / 2.0).clamp(0.0, 1.0)
@@ -130,10 +141,12 @@ class PairsDenoiser:
     first, then cond rows) and adds the rows it ran to ``network_rows``.
     """
 
-    def __init__(self, unet: nn.Module, uncond_states: torch.Tensor, cond_states: torch.Tensor) -> None:
+    def __init__(self, unet: nn.Module, uncond_states: torch.Tensor, cond_states: torch.Tensor,
+                 position_channel: bool = False) -> None:
         self.unet = unet
         self.uncond_states = uncond_states
         self.cond_states = cond_states
+        self.position_channel = position_channel
         self.network_rows = 0
 
     @property
@@ -153,6 +166,8 @@ class PairsDenoiser:
         x_in = torch.cat([x] * len(wanted)).to(self.cond_states.dtype)
         states = torch.cat(wanted)
         timestep = torch.full((x_in.shape[0],), int(t), device=x_in.device, dtype=torch.long)
+        if self.position_channel:
+            x_in = add_position_channel(x_in)
         eps = self.unet(x_in, timestep, encoder_hidden_states=states).sample.to(x.dtype)
         self.network_rows += x_in.shape[0]
         chunks = list(eps.chunk(len(wanted)))
@@ -257,7 +272,8 @@ class PairsPipeline:
                 raise ValueError(f"negative_prompts must be None or have one entry per prompt ({len(prompts)}), "
                                  f"got {len(negatives)}")
         cond = self.encode_prompts(prompts)
-        denoiser = PairsDenoiser(self.unet, self.encode_prompts(negatives), cond)
+        denoiser = PairsDenoiser(self.unet, self.encode_prompts(negatives), cond,
+                                 position_channel=bool(self.config.get("position_channel", False)))
         return PairsTarget(
             denoiser=denoiser,
             scheduler=type(self.scheduler).from_config(self.scheduler.config),
