@@ -23,7 +23,9 @@ BCa, 95%, seed 0) -- samples are never resampled on their own.
   ``b_i (g_m - g1)(eps_c - eps_u)`` -- what stronger guidance adds on top of
   the g1 both share, to be set against what reflection adds. Both are
   decomposed on the part directions (least-squares ``component``; ``rest`` is
-  the norm of what no part direction explains).
+  the norm of what no part direction explains) and reported as
+  ``injection`` = -component (:func:`with_injection`: x moves along -d_p when
+  a part is added, so positive means toward the part).
 
 ``python -m analysis.attribution --run-dir DIR --out figures`` writes
 ``pairs_attribution.png``/``.pdf`` and ``pairs_attribution.csv`` (the
@@ -214,11 +216,25 @@ def attribution_runs(
                                                    else pd.DataFrame())
 
 
-def cumulative_gain(frame: pd.DataFrame, value: str = "component") -> pd.DataFrame:
+def with_injection(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add ``injection``: how far a gain moves x *toward* each part, ``-component`` (``rest`` rows: ||r||).
+
+    Why the sign: a DDIM step moves x by b_i eps with b_i < 0, so adding a part to the prompt (eps_c moving by
+    +d_p) moves x along -d_p. A positive injection is movement toward the part, a negative one away from it.
+    """
+    out = frame.copy()
+    out["injection"] = np.where(out["part"] == "rest", out["component"], -out["component"])
+    return out
+
+
+def cumulative_gain(frame: pd.DataFrame, value: str = "injection") -> pd.DataFrame:
     """Per (setting, part, step): the mean over samples of ``value`` summed over rounds, and its cumulative sum.
 
-    ``rest`` rows carry ||r|| (a norm, so its cumulative sum is the total unexplained length).
+    ``rest`` rows carry ||r|| (a norm, so its cumulative sum is the total unexplained length). The default
+    ``injection`` is computed by :func:`with_injection` when the frame lacks it.
     """
+    if value == "injection" and value not in frame:
+        frame = with_injection(frame)
     per_step = (frame.groupby(["setting", "method", "part", "step", "progress", "sample"], sort=True)[value].sum()
                 .groupby(level=["setting", "method", "part", "step", "progress"]).mean().rename("gain").reset_index())
     per_step = per_step.sort_values(["setting", "part", "step"])
@@ -227,10 +243,12 @@ def cumulative_gain(frame: pd.DataFrame, value: str = "component") -> pd.DataFra
 
 
 def attribution_table(frame: pd.DataFrame, outcomes: pd.DataFrame | None = None,
-                      value: str = "component") -> pd.DataFrame:
+                      value: str = "injection") -> pd.DataFrame:
     """Per (setting, part): total injection (sum over steps and rounds of ``value``) per sample, as the mean over
     prompts of per-prompt means with a prompt-level 95% CI; with ``outcomes``, the setting's exact match and
     binding error (relation prompts) and the attribution's extra network rows."""
+    if value == "injection" and value not in frame:
+        frame = with_injection(frame)
     totals = frame.groupby(["setting", "method", "part", "prompt", "sample"], sort=True)[value].sum().reset_index()
     rows = []
     for (setting, method, part), group in totals.groupby(["setting", "method", "part"], sort=False):
@@ -257,7 +275,7 @@ def plot_attribution(curves: pd.DataFrame, *, title: str | None = None) -> Any:
     grid = sns.relplot(data=curves, x="progress", y="cumulative", hue="part", col="setting", col_order=order,
                        kind="line", marker="o", markersize=3, height=2.8, aspect=1.0,
                        facet_kws={"sharey": True})
-    grid.set_axis_labels("sampling progress (step / T)", "cumulative injection")
+    grid.set_axis_labels("sampling progress (step / T)", "cumulative injection toward part")
     grid.set_titles("{col_name}")
     for ax in grid.axes.flat:
         ax.axhline(0.0, color="0.6", lw=0.8)

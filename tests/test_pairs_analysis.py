@@ -74,11 +74,15 @@ def test_cumulative_gain_and_table_sum_rounds_and_steps() -> None:
                     rows.append({"setting": "Z", "method": "zigzag", "part": part, "step": step, "round": rnd,
                                  "progress": (step + 1) / 3, "sample": sample, "prompt": prompt, "component": value})
     frame = pd.DataFrame(rows)
-    curves = cumulative_gain(frame)
+    curves = cumulative_gain(frame, value="component")
     subject = curves[curves["part"] == "subject"]
     assert subject["gain"].tolist() == [2.0, 2.0, 2.0]  # two rounds per step
     assert subject["cumulative"].tolist() == [2.0, 4.0, 6.0]
-    table = attribution_table(frame).set_index("part")
+    table = attribution_table(frame, value="component").set_index("part")
     assert table.loc["subject", "total"] == pytest.approx(6.0)
     assert table.loc["relation", "total"] == pytest.approx((0.0 + 3.0) / 2)
     assert table.loc["relation", "n_prompts"] == 2
+    # The default reports injection toward each part: -component for parts, the rest's norm unchanged.
+    injected = attribution_table(frame).set_index("part")
+    assert injected.loc["subject", "total"] == pytest.approx(-6.0)
+    assert injected.loc["rest", "total"] == pytest.approx(12.0)
