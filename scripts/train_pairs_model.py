@@ -15,8 +15,8 @@ writes, into ``--out``:
 - ``TRAINING.md``: the exact commands, seed, wall time and final loss.
 
 Training data are synthesised on the fly from scikit-learn's digits: each
-example draws a prompt form ("A left of B" 22%, "B right of A" 18%, "A and B"
-25%, "A" 15%, "left of B" 10%, "right of A" 10%), digits uniformly, and for
+example draws a prompt form ("A left of B" 28%, "B right of A" 28%, "A and B"
+16%, "A" 12%, "left of B" 8%, "right of A" 8%), digits uniformly, and for
 each slot a random real image of that digit (blank: every pixel -1);
 ``--prompt-dropout`` of the prompts are replaced by "" (the unconditional
 branch). Everything is deterministic for a given seed, torch build and
@@ -73,12 +73,12 @@ SCHEDULER_CONFIG: dict[str, Any] = {
 """The digits demo model's DDIMScheduler config (epsilon prediction, clip_sample False)."""
 
 FORMS: tuple[tuple[str, float], ...] = (
-    ("left", 0.22),
-    ("right", 0.18),
-    ("and", 0.25),
-    ("single", 0.15),
-    ("left_of", 0.10),
-    ("right_of", 0.10),
+    ("left", 0.28),
+    ("right", 0.28),
+    ("and", 0.16),
+    ("single", 0.12),
+    ("left_of", 0.08),
+    ("right_of", 0.08),
 )
 """Prompt forms of the training distribution and their probabilities."""
 
@@ -88,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=REPO / "zsampling" / "pairs_model")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=2400, help="optimiser steps")
+    p.add_argument("--steps", type=int, default=2600, help="optimiser steps")
     p.add_argument("--batch-size", type=int, default=96)
     p.add_argument("--lr", type=float, default=1.5e-3, help="peak AdamW learning rate")
     p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps, then cosine decay to 0")

@@ -8,7 +8,9 @@ states feed a diffusers ``UNet2DConditionModel``'s cross-attention, exactly
 as CLIP feeds Stable Diffusion. Encoder and UNet were trained jointly
 (epsilon prediction, 12% prompt dropout to the empty prompt ``""``, which is
 the unconditional branch). There is no VAE: the latent is the image, shape
-(1, 8, 16), in [-1, 1].
+(1, 8, 16), in [-1, 1]; the UNet also sees a fixed horizontal-coordinate
+channel (``add_position_channel``), so that "left" and "right" are visible
+to it.
 
 Usage::
 
