@@ -264,15 +264,24 @@ def attribution_table(frame: pd.DataFrame, outcomes: pd.DataFrame | None = None,
             row["network_rows"] = int(o["network_rows"].iloc[0])
             row["attribution_extra_rows"] = int(o["extra_rows"].iloc[0])
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    return table.sort_values("setting", key=lambda col: col.map(setting_order), kind="stable", ignore_index=True)
+
+
+def setting_order(setting: str) -> tuple[int, int, str]:
+    """Sort key of attribution settings: Z-Sampling by window lambda, then the CFG baseline."""
+    m = re.search(r"lambda=(\d+)", setting)
+    return (0, int(m.group(1)), setting) if m else (1, 0, setting)
 
 
 def plot_attribution(curves: pd.DataFrame, *, title: str | None = None) -> Any:
     """Cumulative per-part injection vs sampling progress, one panel per setting (seaborn)."""
     import seaborn as sns
 
-    order = list(dict.fromkeys(curves["setting"]))
-    grid = sns.relplot(data=curves, x="progress", y="cumulative", hue="part", col="setting", col_order=order,
+    order = sorted(dict.fromkeys(curves["setting"]), key=setting_order)
+    parts = [p for p in dict.fromkeys(curves["part"]) if p != "rest"] + ["rest"]
+    grid = sns.relplot(data=curves, x="progress", y="cumulative", hue="part", hue_order=parts, col="setting",
+                       col_order=order,
                        kind="line", marker="o", markersize=3, height=2.8, aspect=1.0,
                        facet_kws={"sharey": True})
     grid.set_axis_labels("sampling progress (step / T)", "cumulative injection toward part")
