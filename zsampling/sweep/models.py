@@ -117,7 +117,7 @@ def model_kind(name: str, *, key: str = "model.name") -> ModelKind:
     if _HUB_ID.fullmatch(name) and not name.startswith((".", "/", "~")):
         return "diffusers"
     raise SpecError(
-        f"{key}: unknown model {name!r}; allowed: 'demo', 'pairs', 'analytic', {', '.join(map(repr, TINY_PIPELINES))}, "
+        f"{key}: unknown model {name!r}; allowed: 'demo', 'analytic', 'pairs', {', '.join(map(repr, TINY_PIPELINES))}, "
         f"a preset ({', '.join(_preset_names())}), a local diffusers directory (with model_index.json) "
         "or a hub id 'org/name'"
     )
