@@ -37,7 +37,9 @@ def info() -> None:
 
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Output directory (re-running resumes).")] = Path("demo-output"),
-    seeds: Annotated[int, typer.Option("--seeds", help="Seeds per digit (samples per cell = 10 x seeds).")] = 20,
+    seeds: Annotated[int | None, typer.Option("--seeds", help="Seeds per digit (digits world, default 20: samples per "
+                                                             "cell = 10 x seeds) or per prompt (pairs world, "
+                                                             "default 10).")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Fewer values per knob (for tests and a first look).")
                      ] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars.")] = True,
@@ -49,16 +51,30 @@ def demo(
     gap: Annotated[str, typer.Option("--gap", help="guidance (the Z-Sampling ablation) or lora (weight-gap "
                                                    "reflection with the digits model's thickness LoRA).")
                    ] = "guidance",
+    world: Annotated[str, typer.Option("--world", help="digits: the 8x8 class-conditional model; pairs: the 8x16 "
+                                                       "two-digit text-conditioned model (--seeds = seeds per prompt)."
+                                       )] = "digits",
 ) -> None:
-    """Run the Z-Sampling ablation on the shipped digits model and print the summary."""
+    """Run the Z-Sampling ablation on a shipped model (digits or pairs) and print the summary."""
     import pandas as pd
     import torch
 
     torch.set_num_threads(threads)
+    if world not in ("digits", "pairs"):
+        raise typer.BadParameter(f"must be 'digits' or 'pairs', got {world!r}", param_hint="--world")
+    if world == "pairs":
+        from zsampling.pairs_ablation import run_pairs_demo
+
+        table = run_pairs_demo(out, seeds_per_prompt=10 if seeds is None else seeds, quick=quick, progress=progress)
+        with pd.option_context("display.width", 160, "display.max_columns", 20):
+            typer.echo(table.to_string(index=False, float_format=lambda value: f"{value:.3f}"))
+        typer.echo(f"results: {out / 'results.parquet'}, summary: {out / 'summary.csv'}, "
+                   f"matched guidance by prompt: {out / 'matched_prompts.csv'}")
+        return
     from zsampling.demo_ablation import closing_table, run_demo
 
-    summary = run_demo(out, seeds_per_digit=seeds, quick=quick, progress=progress, figures=figures, family=family,
-                       gap=gap)
+    summary = run_demo(out, seeds_per_digit=20 if seeds is None else seeds, quick=quick, progress=progress,
+                       figures=figures, family=family, gap=gap)
     table = summary if "verdict" in summary.attrs else closing_table(summary)
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.max_colwidth", 60):
         typer.echo(table.to_string(index=False, float_format=lambda value: f"{value:.3f}"))

@@ -13,6 +13,9 @@ Models (``model.name``):
   ``lora`` (a shipped demo LoRA, e.g. "thickness") or ``lora_path`` (a LoRA
   file), loaded as adapter "w2sd" for ``*.lora_scale`` knobs.
   Prompts "0".."9" / "digit 3".
+* ``"pairs"``: the shipped 8x16 two-digit model (``load_pairs_pipeline``);
+  option ``model_dir``. Prompts "3 left of 7", "7 right of 3", "3 and 7", "3"
+  (grammar in :mod:`zsampling.pairs_model`).
 * ``"analytic"``: :class:`~zsampling.denoisers.analytic.GaussianMixtureModel`
   with exact scores; options are those of ``GaussianMixtureModel.default``
   (``d``, ``num_components``, ``radius``, ``std``, ``weights``,
@@ -49,7 +52,9 @@ metrics ``score_set(images, prompts) -> float`` per cell. Built in: demo
 ``alignment``, ``accuracy``, ``nn_distance`` (per sample) and
 ``frechet_pca`` (set), ``stroke_thickness`` (mean ink per sample, the
 thickness LoRA's property); analytic ``posterior`` (P(prompted components | x0)
-under the clean mixture); the weight-free quality guards
+under the clean mixture); pairs ``exact_match``, ``slot_accuracy``,
+``binding_error``, ``missing_digit`` and ``pairs_nn_distance`` (per sample,
+:mod:`zsampling.metrics.pairs`); the weight-free quality guards
 ``clipping_fraction`` (demo and diffusers models) and ``saturation``
 (diffusers models, RGB), both lower-is-better. :func:`register_metric` adds more.
 """
@@ -68,7 +73,7 @@ import torch
 from zsampling.devices import torch_dtype
 from zsampling.sweep.spec import ModelSpec, SpecError
 
-ModelKind = Literal["demo", "analytic", "tiny", "preset", "diffusers"]
+ModelKind = Literal["demo", "pairs", "analytic", "tiny", "preset", "diffusers"]
 
 TINY_PIPELINES: dict[str, str] = {
     "tiny-sd": "tiny_sd_pipeline",
@@ -78,13 +83,14 @@ TINY_PIPELINES: dict[str, str] = {
     "tiny-sd3": "tiny_sd3_pipeline",
     "tiny-flux": "tiny_flux_pipeline",
 }
-SMALL_MODEL_KINDS: tuple[str, ...] = ("demo", "analytic", "tiny")
+SMALL_MODEL_KINDS: tuple[str, ...] = ("demo", "pairs", "analytic", "tiny")
 """Kinds whose final images are saved by default (``images: auto``)."""
-STEP_METRIC_KINDS: tuple[str, ...] = ("demo", "analytic")
+STEP_METRIC_KINDS: tuple[str, ...] = ("demo", "pairs", "analytic")
 """Kinds whose predicted x0 maps to metric inputs without a VAE (per-step metrics)."""
 
 _OPTION_KEYS: dict[str, tuple[str, ...]] = {
     "demo": ("model_dir", "family", "lora", "lora_path"),
+    "pairs": ("model_dir",),
     "analytic": ("d", "num_components", "radius", "std", "weights", "means", "covariances", "component_names",
                  "scheduler"),
     "tiny": ("seed", "guidance_embeds"),
@@ -103,7 +109,7 @@ def model_kind(name: str, *, key: str = "model.name") -> ModelKind:
         SpecError: the name is neither a known model, an existing diffusers
             directory, nor shaped like a hub id.
     """
-    if name in ("demo", "analytic"):
+    if name in ("demo", "pairs", "analytic"):
         return name  # type: ignore[return-value]
     if name in TINY_PIPELINES:
         return "tiny"
@@ -117,7 +123,7 @@ def model_kind(name: str, *, key: str = "model.name") -> ModelKind:
     if _HUB_ID.fullmatch(name) and not name.startswith((".", "/", "~")):
         return "diffusers"
     raise SpecError(
-        f"{key}: unknown model {name!r}; allowed: 'demo', 'analytic', {', '.join(map(repr, TINY_PIPELINES))}, "
+        f"{key}: unknown model {name!r}; allowed: 'demo', 'analytic', 'pairs', {', '.join(map(repr, TINY_PIPELINES))}, "
         f"a preset ({', '.join(_preset_names())}), a local diffusers directory (with model_index.json) "
         "or a hub id 'org/name'"
     )
@@ -196,6 +202,13 @@ def check_model_spec(model: ModelSpec, kind: str) -> None:
         if path is not None and not path.is_file():
             raise SpecError(f"model 'demo': LoRA file {path} is missing (demo LoRAs are built by "
                             "scripts/train_demo_model.py --lora NAME)")
+    elif kind == "pairs":
+        from zsampling.pairs_model import CONFIG_FILE, WEIGHTS_FILE
+
+        for file in (WEIGHTS_FILE, CONFIG_FILE):
+            if not (pairs_dir(model) / file).is_file():
+                raise SpecError(f"model 'pairs': {pairs_dir(model) / file} is missing (built by "
+                                "scripts/train_pairs_model.py; give model.options.model_dir for another copy)")
     elif kind == "analytic":
         build_analytic(model.options, torch.float32, "cpu")
     elif kind == "tiny":
@@ -238,12 +251,24 @@ def demo_metrics_dir(model: ModelSpec) -> Path:
     return Path(given).expanduser() if given else DEMO_MODEL_DIR
 
 
+def pairs_dir(model: ModelSpec) -> Path:
+    """Directory of the pairs model's files."""
+    from zsampling.pairs_model import PAIRS_MODEL_DIR
+
+    given = model.options.get("model_dir")
+    return Path(given).expanduser() if given else PAIRS_MODEL_DIR
+
+
 def check_prompts(model: ModelSpec, kind: str, prompts: Sequence[str], negative: str | None) -> None:
     """Check prompts against the model's vocabulary (demo digits, analytic components)."""
     if kind == "demo":
         from zsampling.demo_model import negative_prompt_to_class, prompt_to_class
 
         check, negative_check = prompt_to_class, negative_prompt_to_class
+    elif kind == "pairs":
+        from zsampling.pairs_model import parse_prompt
+
+        check = negative_check = parse_prompt
     elif kind == "analytic":
         mixture = build_analytic(model.options, torch.float32, "cpu")
         check = negative_check = mixture.components
@@ -268,6 +293,11 @@ def check_steps(model: ModelSpec, kind: str, steps: Sequence[int]) -> None:
         from zsampling.demo_model import CONFIG_FILE
 
         config = json.loads((demo_dir(model) / CONFIG_FILE).read_text())
+        train = config.get("scheduler", {}).get("num_train_timesteps")
+    elif kind == "pairs":
+        from zsampling.pairs_model import CONFIG_FILE as PAIRS_CONFIG
+
+        config = json.loads((pairs_dir(model) / PAIRS_CONFIG).read_text())
         train = config.get("scheduler", {}).get("num_train_timesteps")
     elif kind == "analytic":
         from zsampling.denoisers.analytic import DEFAULT_SCHEDULER_CONFIG
@@ -345,6 +375,10 @@ class LoadedModel:
             from zsampling.denoisers.demo import latents_to_images
 
             return latents_to_images(latents)
+        if self.kind == "pairs":
+            from zsampling.denoisers.pairs import latents_to_images as pairs_to_images
+
+            return pairs_to_images(latents)
         if self.kind == "analytic":
             return latents
         raise ValueError(f"per-step metrics need the demo or analytic model, not {self.spec.name!r}")
@@ -367,6 +401,10 @@ def load_model(spec: ModelSpec, device: torch.device) -> LoadedModel:
 
         pipe = load_demo_pipeline(device=device, dtype=dtype, model_dir=demo_dir(spec), lora=options.get("lora"),
                                   lora_path=options.get("lora_path"))
+    elif kind == "pairs":
+        from zsampling.denoisers.pairs import load_pairs_pipeline
+
+        pipe = load_pairs_pipeline(device=device, dtype=dtype, model_dir=pairs_dir(spec))
     elif kind == "analytic":
         pipe = build_analytic(options, dtype, device)
     elif kind == "preset":
@@ -504,6 +542,22 @@ register_metric("stroke_thickness", _demo_metric("StrokeThickness"), level="samp
                 higher_is_better=True)
 register_metric("frechet_pca", lambda model: FrechetPCA(demo_metrics_dir(model.spec)), level="set", kinds=("demo",),
                 higher_is_better=False)
+
+
+def _pairs_metric(name: str) -> Callable[[LoadedModel], Any]:
+    def factory(model: LoadedModel) -> Any:
+        from zsampling.metrics import pairs
+
+        if name == "pairs_nn_distance":
+            return pairs.PairsNearestNeighbourDistance(pairs_dir(model.spec))
+        return pairs.PairScore(name, pairs_dir(model.spec))
+
+    return factory
+
+
+for _name, _higher in (("exact_match", True), ("slot_accuracy", True), ("binding_error", False),
+                       ("missing_digit", False), ("pairs_nn_distance", False)):
+    register_metric(_name, _pairs_metric(_name), level="sample", kinds=("pairs",), higher_is_better=_higher)
 register_metric("posterior", lambda model: PosteriorMetric(model.pipe), level="sample", kinds=("analytic",),
                 higher_is_better=True)
 
@@ -518,7 +572,7 @@ def _quality_metric(cls_name: str) -> Callable[[LoadedModel], Any]:
 
 
 register_metric("clipping_fraction", _quality_metric("ClippingFraction"), level="sample",
-                kinds=("demo", "diffusers"), higher_is_better=False)
+                kinds=("demo", "pairs", "diffusers"), higher_is_better=False)
 register_metric("saturation", _quality_metric("Saturation"), level="sample", kinds=("diffusers",),
                 higher_is_better=False)
 
@@ -531,3 +585,10 @@ def check_metric_files(model: ModelSpec, kind: str, metrics: Sequence[str]) -> N
         path = demo_metrics_dir(model) / METRICS_FILE
         if not path.is_file():
             raise SpecError(f"metrics: the demo metrics need {path} (built by scripts/train_demo_model.py)")
+    if kind == "pairs":
+        from zsampling.pairs_model import METRICS_FILE as PAIRS_METRICS
+
+        path = pairs_dir(model) / PAIRS_METRICS
+        if any(m in METRICS and "pairs" in METRICS[m].kinds and m != "clipping_fraction" for m in metrics) and \
+                not path.is_file():
+            raise SpecError(f"metrics: the pairs metrics need {path} (built by scripts/train_pairs_model.py)")
