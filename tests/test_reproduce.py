@@ -108,6 +108,22 @@ def test_reproduce_tiny_end_to_end_and_resume(tmp_path: Path, brightness: None) 
     assert MeanBrightness.calls == calls
     pd.testing.assert_frame_equal(again.win_rates, result.win_rates)
 
+    # a re-run killed while writing its tables (simulated inside the writer) leaves the previous tables whole
+    before = {name: (out / name).read_bytes() for name in ("prompts.csv", "results.csv", "win_rates.csv")}
+    real_to_csv = pd.DataFrame.to_csv
+
+    def half_then_die(frame, path=None, *args, **kwargs):
+        real_to_csv(frame, path, *args, **kwargs)
+        Path(path).write_bytes(Path(path).read_bytes()[: Path(path).stat().st_size // 2])
+        raise KeyboardInterrupt("killed midway")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pd.DataFrame, "to_csv", half_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            reproduce("sdxl", prompts, out, **kwargs)
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert not list(out.rglob("*.tmp"))
+
 
 def test_reproduce_refuses_bad_inputs_before_loading(tmp_path: Path) -> None:
     prompts = tmp_path / "p.txt"

@@ -44,6 +44,8 @@ from typing import Any
 
 import pandas as pd
 
+from zsampling.atomic import atomic_write, atomic_write_text
+
 GUIDANCE = 0.75
 STEPS = 25
 METRICS = ("alignment", "accuracy", "nn_distance", "clipping_fraction", "frechet_pca")
@@ -197,13 +199,13 @@ def run_demo(
     assert result is not None and result.results is not None
     if gap == "lora":
         summary = summarize_lora_gap(result.results, result.cells)
-        (out / "verdict.txt").write_text(summary.attrs["verdict"] + "\n")
+        atomic_write_text(out / "verdict.txt", summary.attrs["verdict"] + "\n")
     else:
         from analysis import load_run
         from analysis.references import frechet_table
 
         summary = summarize_demo(result.results, result.cells, fidelity=frechet_table(load_run(out)), family=family)
-    summary.to_csv(out / "summary.csv", index=False, float_format="%.4f")
+    atomic_write(out / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False, float_format="%.4f"))
     if figures:
         from analysis import write_figures
 

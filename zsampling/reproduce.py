@@ -246,7 +246,7 @@ def _figure(win_rates: pd.DataFrame, preset: ModelPreset, path: Path) -> Path:
     for x, value in enumerate(overall["paper_win_rate"]):
         if pd.notna(value):
             ax.plot([x], [value], marker="x", color="black", markersize=7, linestyle="none")
-    fig.savefig(path, dpi=150)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=150, format="png"))
     return path
 
 
@@ -317,7 +317,8 @@ def reproduce(
                       device=device, batch_size=batch_size, lora_path=lora_path)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    frame[list(_PROMPT_TABLE_COLUMNS)].to_csv(out / "prompts.csv", index=False)
+    prompt_table = frame[list(_PROMPT_TABLE_COLUMNS)]
+    atomic_write(out / "prompts.csv", lambda tmp: prompt_table.to_csv(tmp, index=False))
     atomic_write_json(out / "reproduce.json", {
         "preset": chosen.to_dict(), "model": spec.model.name, "dtype": spec.model.dtype,
         "prompts": {"source": frame.attrs.get("source"), "format": frame.attrs.get("format"), "count": len(frame),
@@ -338,13 +339,13 @@ def reproduce(
         scores = score_sweep(out / SWEEP_DIR, out / SCORES_DIR, built, batch_size=score_batch_size,
                              progress=progress)
         results = results.merge(scores, on=["cell", "sample_index"], how="left")
-    results.to_csv(out / "results.csv", index=False)
+    atomic_write(out / "results.csv", lambda tmp: results.to_csv(tmp, index=False))
 
     win_rates = pd.DataFrame()
     figure = None
     if built:
         win_rates = _win_rates(results, list(built), frame.attrs.get("format"), chosen, seed, n_resamples)
-        win_rates.to_csv(out / "win_rates.csv", index=False)
+        atomic_write(out / "win_rates.csv", lambda tmp: win_rates.to_csv(tmp, index=False))
         figure = _figure(win_rates, chosen, out / "winning_rate.png")
     return ReproduceResult(out=out, prompts=frame, results=results, win_rates=win_rates, figure=figure,
                            sweep=sweep)
