@@ -1,7 +1,7 @@
 """Tests for zsampling.trace: recording, the semantic-gain split, storage.
 
-The model is a closed-form Gaussian denoiser (x0 ~ N(mu_c, s^2 I) given the
-prompt, N(0, s^2 I) unconditionally) in float64, so every identity of
+The model is the closed-form Gaussian toy of ``gaussian_toy.py`` (x0 ~
+N(mu_c, s^2 I) given the prompt, N(0, s^2 I) unconditionally) in float64, so every identity of
 docs/design.md can be checked to 1e-5 against values recomputed here, with code
 independent of the recorder.
 """
@@ -13,22 +13,20 @@ import math
 import os
 import pickle
 import struct
-import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler
+from gaussian_toy import GaussianPipeline
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
 from safetensors.torch import save_file
 
 import zsampling
 from zsampling import ZigzagConfig
-from zsampling.denoisers.base import Branches, EpsPair
+from zsampling.denoisers.base import EpsPair
 from zsampling.schedule import DDIMSchedule, reflection_coefficient
 from zsampling.trace import (
     SCALAR_NAMES,
@@ -49,80 +47,16 @@ PROMPTS = ["a red cube", "a blue sphere"]
 
 
 # --------------------------------------------------------------------------- model
-def gaussian_eps(x: torch.Tensor, mu: torch.Tensor, a: float, s: float) -> torch.Tensor:
-    """eps(x, t) = sqrt(1 - a) (x - sqrt(a) mu) / (a s^2 + 1 - a)."""
-    return math.sqrt(1.0 - a) * (x - math.sqrt(a) * mu) / (a * s * s + 1.0 - a)
+def trace_pipe(latent_shape: tuple[int, ...] = (4, 8, 8), s: float = 0.5,
+               dtype: torch.dtype = torch.float64) -> GaussianPipeline:
+    """The shared Gaussian toy with one random mean latent per prompt, diffusers' default DDIMScheduler
+    (clip_sample=False, set_alpha_to_one=False, steps_offset=1) and every output type."""
+    return GaussianPipeline(latent_shape=latent_shape, dtype=dtype, scale=s, prompt_means=True,
+                            scheduler=DDIMScheduler(clip_sample=False, set_alpha_to_one=False, steps_offset=1),
+                            output_types=("pil", "np", "pt", "latent"))
 
 
-class GaussianDenoiser:
-    """eps_u / eps_c in closed form; counts rows like a network."""
-
-    def __init__(self, mu: torch.Tensor, s: float, alphas_cumprod: torch.Tensor) -> None:
-        self.mu, self.s, self.alphas = mu, s, alphas_cumprod
-        self.network_rows = 0
-
-    def __call__(self, x: torch.Tensor, t: int, branches: Branches) -> EpsPair:
-        a = float(self.alphas[t])
-        self.network_rows += x.shape[0] * branches.count
-        return EpsPair(
-            uncond=gaussian_eps(x, torch.zeros_like(self.mu), a, self.s) if branches.uncond else None,
-            cond=gaussian_eps(x, self.mu, a, self.s) if branches.cond else None,
-        )
-
-    def guided(self, x: torch.Tensor, t: int, scale: float) -> torch.Tensor:
-        """eps_g(x, t), computed here without counting rows (test-side checks)."""
-        a = float(self.alphas[t])
-        uncond = gaussian_eps(x, torch.zeros_like(self.mu), a, self.s)
-        return uncond + scale * (gaussian_eps(x, self.mu, a, self.s) - uncond)
-
-
-@dataclass
-class GaussianTarget:
-    denoiser: GaussianDenoiser
-    scheduler: DDIMScheduler
-    batch_size: int
-    latent_shape: tuple[int, ...]
-    dtype: torch.dtype
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    decode_rows: int = 0
-    output_types: tuple[str, ...] = ("pil", "np", "pt", "latent")
-
-    def decode(self, latents: torch.Tensor, output_type: str) -> object:
-        if output_type == "latent":
-            return latents
-        self.decode_rows += latents.shape[0]
-        images = torch.sigmoid(latents[:, :3].float())
-        if output_type == "pt":
-            return images
-        array = images.permute(0, 2, 3, 1).numpy()
-        if output_type == "np":
-            return array
-        return [Image.fromarray((a * 255).round().astype(np.uint8)) for a in array]
-
-
-class GaussianPipe:
-    """A pipeline-like object (``prepare_zsampling``) over the Gaussian model,
-    with a diffusers DDIMScheduler(clip_sample=False, set_alpha_to_one=False,
-    steps_offset=1); mu_c is a fixed random latent per prompt."""
-
-    def __init__(self, latent_shape: tuple[int, ...] = (4, 8, 8), s: float = 0.5,
-                 dtype: torch.dtype = torch.float64) -> None:
-        self.latent_shape, self.s, self.dtype = latent_shape, s, dtype
-        self.scheduler = DDIMScheduler(clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-        self.target: GaussianTarget | None = None
-
-    def mean(self, prompt: str) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(zlib.crc32(prompt.encode()))
-        return torch.randn(self.latent_shape, generator=generator, dtype=torch.float64).to(self.dtype)
-
-    def prepare_zsampling(self, prompts, negative_prompts, height, width) -> GaussianTarget:
-        mu = torch.stack([self.mean(p) for p in prompts])
-        denoiser = GaussianDenoiser(mu, self.s, self.scheduler.alphas_cumprod.to(torch.float64))
-        self.target = GaussianTarget(denoiser, self.scheduler, len(prompts), self.latent_shape, self.dtype)
-        return self.target
-
-
-def run(pipe: GaussianPipe, recorder=None, prompts=PROMPTS, **kwargs):
+def run(pipe: GaussianPipeline, recorder=None, prompts=PROMPTS, **kwargs):
     kwargs.setdefault("generator", torch.Generator().manual_seed(0))
     kwargs.setdefault("num_inference_steps", 6)
     kwargs.setdefault("output_type", "latent")
@@ -153,7 +87,7 @@ def assert_scalar(trace: Trace, name: str, event: int, expected: torch.Tensor, r
     [(5.5, 0.0, "official", 1), (5.5, 0.0, "ddim", 2), (3.0, 1.0, "ddim", 1), (1.0, 0.0, "official", 1)],
 )
 def test_recording_changes_no_latent_and_adds_no_rows(keep, g1, g2, zag, rounds):
-    pipe = GaussianPipe(dtype=torch.float32)
+    pipe = trace_pipe(dtype=torch.float32)
     kwargs = dict(guidance_scale=g1, inversion_guidance_scale=g2, zag=zag, rounds=rounds)
     plain = run(pipe, **kwargs)
     plain_rows = pipe.target.denoiser.network_rows
@@ -172,7 +106,7 @@ def test_recording_changes_no_latent_and_adds_no_rows(keep, g1, g2, zag, rounds)
 
 
 def test_events_table_matches_the_schedule():
-    pipe = GaussianPipe()
+    pipe = trace_pipe()
     config = ZigzagConfig(num_inference_steps=6, zigzag_steps=[1, 3], rounds=2, zag="official")
     out, trace = sample_with_trace(pipe, PROMPTS, num_inference_steps=6, zigzag_steps=[1, 3], rounds=2,
                                    zag="official", seed=0, output_type="latent", progress=False)
@@ -204,7 +138,7 @@ def test_events_table_matches_the_schedule():
 
 
 # ------------------------------------------------------------ the semantic gain
-def check_reflections(pipe: GaussianPipe, trace: Trace, config: ZigzagConfig, atol: float = 1e-5) -> int:
+def check_reflections(pipe: GaussianPipeline, trace: Trace, config: ZigzagConfig, atol: float = 1e-5) -> int:
     """Recompute every reflection from the saved latents / eps and the model."""
     schedule = DDIMSchedule.from_scheduler(pipe.scheduler, config.num_inference_steps)
     model = pipe.target.denoiser
@@ -251,7 +185,7 @@ def check_reflections(pipe: GaussianPipe, trace: Trace, config: ZigzagConfig, at
 @pytest.mark.parametrize("zag_eval_timestep", ["next", "current"])
 @pytest.mark.parametrize(("g2", "rounds"), [(0.0, 1), (0.0, 2), (2.0, 1), (1.0, 2)])
 def test_gain_splits_into_gap_term_and_inversion_residual(zag_eval_timestep, g2, rounds):
-    pipe = GaussianPipe()
+    pipe = trace_pipe()
     config = ZigzagConfig(num_inference_steps=8, guidance_scale=5.5, inversion_guidance_scale=g2, rounds=rounds,
                           zag="ddim", zag_eval_timestep=zag_eval_timestep)
     out, trace = sample_with_trace(
@@ -266,7 +200,7 @@ def test_gain_splits_into_gap_term_and_inversion_residual(zag_eval_timestep, g2,
 
 
 def test_gap_term_with_the_official_operator_is_recorded_and_residual_is_the_rest():
-    pipe = GaussianPipe()
+    pipe = trace_pipe()
     config = ZigzagConfig(num_inference_steps=6, guidance_scale=4.0, zag="official")
     _, trace = sample_with_trace(pipe, PROMPTS, keep="all", latent_dtype=None, num_inference_steps=6,
                                  guidance_scale=4.0, zag="official", seed=3, output_type="latent", progress=False)
@@ -282,7 +216,7 @@ def test_gap_term_with_the_official_operator_is_recorded_and_residual_is_the_res
     current=st.booleans(),
 )
 def test_gain_split_holds_for_any_guidance_pair(g1, g2, steps, rounds, current):
-    pipe = GaussianPipe(latent_shape=(2, 4, 4))
+    pipe = trace_pipe(latent_shape=(2, 4, 4))
     config = ZigzagConfig(num_inference_steps=steps, guidance_scale=g1, inversion_guidance_scale=g2, rounds=rounds,
                           zag="ddim", zag_eval_timestep="current" if current else "next")
     _, trace = sample_with_trace(
@@ -295,7 +229,7 @@ def test_gain_split_holds_for_any_guidance_pair(g1, g2, steps, rounds, current):
 
 @pytest.mark.parametrize("g", [3.0, 0.0, 1.0])
 def test_gap_term_is_exactly_zero_when_g1_equals_g2(g):
-    pipe = GaussianPipe()
+    pipe = trace_pipe()
     _, trace = sample_with_trace(pipe, PROMPTS, num_inference_steps=6, guidance_scale=g, inversion_guidance_scale=g,
                                  zag="ddim", seed=0, output_type="latent", progress=False)
     zag = np.array(trace.ops) == "zag"
@@ -305,7 +239,7 @@ def test_gap_term_is_exactly_zero_when_g1_equals_g2(g):
 
 
 def test_gap_term_needs_both_zig_branches_which_branches_both_buys():
-    pipe = GaussianPipe()
+    pipe = trace_pipe()
     kwargs = dict(num_inference_steps=6, guidance_scale=1.0, inversion_guidance_scale=0.0, zag="ddim", seed=0,
                   output_type="latent", progress=False)
     out_needed, needed = sample_with_trace(pipe, PROMPTS, **kwargs)
@@ -326,7 +260,7 @@ def test_gap_term_needs_both_zig_branches_which_branches_both_buys():
 
 
 def test_per_step_scalars_match_recomputation():
-    pipe = GaussianPipe()
+    pipe = trace_pipe()
     config = ZigzagConfig(num_inference_steps=6, zag="ddim")
     _, trace = sample_with_trace(pipe, PROMPTS, keep="all", latent_dtype=None, num_inference_steps=6, zag="ddim",
                                  seed=0, output_type="latent", progress=False)
@@ -362,7 +296,7 @@ def test_per_step_scalars_match_recomputation():
 
 # ------------------------------------------------------------ metrics, decoding
 def test_step_metrics_and_x0_decoding_every_k_steps():
-    pipe = GaussianPipe()
+    pipe = trace_pipe()
     seen: list[StepState] = []
 
     def alignment(state: StepState) -> dict[str, torch.Tensor]:
@@ -400,7 +334,7 @@ def test_step_metrics_and_x0_decoding_every_k_steps():
 
 
 def test_metric_names_may_not_shadow_builtin_columns():
-    pipe = GaussianPipe()
+    pipe = trace_pipe()
     rec = TraceRecorder(metrics=[lambda s: {"gain_norm": torch.zeros(2)}])
     with pytest.raises(ValueError, match="gain_norm"):
         run(pipe, recorder=rec)
@@ -411,7 +345,7 @@ def test_bad_settings_fail_before_any_network_call():
                           (dict(downsample=0), "downsample"), (dict(latent_dtype=torch.int8), "latent_dtype")]:
         with pytest.raises(ValueError, match=match):
             TraceRecorder(**kwargs)
-    pipe = GaussianPipe(latent_shape=(16,))
+    pipe = trace_pipe(latent_shape=(16,))
     with pytest.raises(ValueError, match="downsample"):
         sample_with_trace(pipe, PROMPTS, keep="latents", downsample=2, num_inference_steps=3, progress=False)
     assert pipe.target.denoiser.network_rows == 0
@@ -419,7 +353,7 @@ def test_bad_settings_fail_before_any_network_call():
 
 # ------------------------------------------------------------ storage
 def test_bytes_per_step_are_as_documented():
-    pipe = GaussianPipe(latent_shape=(4, 8, 8), dtype=torch.float32)
+    pipe = trace_pipe(latent_shape=(4, 8, 8), dtype=torch.float32)
     config = ZigzagConfig(num_inference_steps=6)
     for keep, dtype, downsample in [("scalars", torch.float16, None), ("all", torch.float16, None),
                                     ("all", torch.float32, 2), (("latents",), torch.bfloat16, 4)]:
@@ -437,7 +371,7 @@ def test_bytes_per_step_are_as_documented():
 
 
 def test_save_load_round_trips_bitwise(tmp_path):
-    pipe = GaussianPipe()
+    pipe = trace_pipe()
     _, trace = sample_with_trace(pipe, PROMPTS, keep="all", num_inference_steps=5, decode_every=2,
                                  metrics=[lambda s: {"m": s.latents.mean((1, 2, 3))}], seed=[4, 5],
                                  output_type="latent", progress=False, meta={"note": "round trip"})
@@ -484,7 +418,7 @@ class _Exploit:
 
 
 def test_invalid_files_raise_clear_errors_and_never_unpickle(tmp_path):
-    pipe = GaussianPipe()
+    pipe = trace_pipe()
     _, trace = sample_with_trace(pipe, PROMPTS, keep="latents", num_inference_steps=4, seed=0, output_type="latent",
                                  progress=False)
     good = trace.save(tmp_path / "good.safetensors")
@@ -561,7 +495,7 @@ def test_invalid_files_raise_clear_errors_and_never_unpickle(tmp_path):
 
 # ------------------------------------------------------------ streaming
 def test_streaming_writer_bounds_memory_and_survives_interruption(tmp_path):
-    pipe = GaussianPipe()
+    pipe = trace_pipe()
     directory = tmp_path / "sweep"
     writer = TraceWriter(directory)
     rec = TraceRecorder(keep="latents", writer=writer, config=ZigzagConfig(num_inference_steps=4))
@@ -600,7 +534,7 @@ def test_streaming_writer_bounds_memory_and_survives_interruption(tmp_path):
 
 
 def test_recorder_without_context_splits_consecutive_runs():
-    pipe = GaussianPipe()
+    pipe = trace_pipe()
     rec = TraceRecorder()
     run(pipe, recorder=rec, num_inference_steps=4)
     run(pipe, recorder=rec, num_inference_steps=3, zigzag_steps=0)
