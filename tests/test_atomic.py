@@ -1,6 +1,6 @@
 """Atomic writes: an interrupted write leaves the previous file intact and no temporary file, on the paths that
-write results tables, cell records, traces and trace indexes (zsampling.atomic is also what writes reproduce's
-score tables)."""
+write results tables, cell records, traces and trace indexes, and on every file a sweep re-run writes (manifest,
+trace, images, record, tables) when it dies inside that writer. (Reproduce's tables: tests/test_reproduce.py.)"""
 
 from __future__ import annotations
 
@@ -80,3 +80,73 @@ def test_traces_and_their_index(tmp_path: Path, monkeypatch):
     assert (tmp_path / "dir" / "index.jsonl").read_text() == index
     assert no_temporaries(tmp_path)
     assert torch.equal(Trace.load(path).events["op"], trace.events["op"])
+
+
+# --------------------------------------------- every file a sweep run writes, interrupted inside its writer
+SWEEP = {
+    "name": "atomic", "model": "analytic", "prompts": ["0", "1"], "seeds": [0],
+    "grid": {"num_inference_steps": 4, "guidance_scale": 2.0, "zigzag_steps": [0, 2]},
+    "metrics": ["posterior"], "trace": True, "images": True, "batch_size": 2,
+}
+
+
+def _snapshot(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def _dies_on(folder: str | None, name: str | None):
+    """``Path.write_bytes`` that writes half and dies when the temporary file is NAME's (or any file in FOLDER)."""
+    real = Path.write_bytes
+
+    def write_bytes(self: Path, data: bytes) -> int:
+        mine = (folder is None or self.parent.name == folder) and (name is None or self.name.startswith(f".{name}."))
+        if mine:
+            real(self, data[: len(data) // 2])
+            raise Interrupted(f"killed while writing {self}")
+        return real(self, data)
+
+    return write_bytes
+
+
+@pytest.mark.parametrize("target", ["manifest", "trace", "images", "record", "tables"])
+def test_an_interrupted_sweep_write_keeps_every_previous_file(tmp_path: Path, monkeypatch, target: str):
+    """A finished sweep loses one cell record; its re-run dies inside one writer (the manifest at start, the cell's
+    trace, images or record, or the tables at the end): every file on disk is as before, no temporary file stays,
+    and a clean re-run then completes."""
+    from zsampling.sweep import parse_spec, run_sweep
+    from zsampling.trace import storage
+
+    spec = parse_spec(SWEEP)
+    out = tmp_path / "run"
+    first = run_sweep(spec, out, progress=False)
+    lost = sorted((out / "cells").glob("*.json"))[-1]
+    lost.unlink()
+    before = _snapshot(out)
+    assert any(k.startswith("traces/") for k in before) and any(k.startswith("images/") for k in before)
+    with monkeypatch.context() as patch:
+        if target == "manifest":
+            patch.setattr(Path, "write_bytes", _dies_on(None, "manifest.json"))
+        elif target == "trace":
+            patch.setattr(storage, "save_file", lambda tensors, tmp, metadata=None: (
+                Path(tmp).write_bytes(b"half"), interrupt()))
+        elif target == "images":
+            patch.setattr(Path, "write_bytes", _dies_on("images", None))
+        elif target == "record":
+            patch.setattr(Path, "write_bytes", _dies_on("cells", lost.name))
+        else:
+            patch.setattr(pd.DataFrame, "to_parquet", lambda frame, tmp, *a, **k: (
+                Path(tmp).write_bytes(b"PAR1half"), interrupt()))
+        with pytest.raises(Interrupted):
+            run_sweep(spec, out, progress=False)
+    # what the re-run wrote legitimately before it died: the files of the writers that come earlier
+    cell = lost.stem
+    order = {"manifest": "manifest.json", "trace": f"traces/{cell}.safetensors",
+             "images": f"images/{cell}.safetensors", "record": f"cells/{cell}.json", "tables": None}
+    earlier = set(list(order.values())[: list(order).index(target)])
+    after = _snapshot(out)
+    assert {k: v for k, v in after.items() if k not in earlier} == {k: v for k, v in before.items()
+                                                                  if k not in earlier}
+    assert no_temporaries(out) and (target != "record" or not lost.exists())
+    again = run_sweep(spec, out, progress=False)
+    assert again.cells_run == (0 if target == "tables" else 1) and lost.is_file()  # "tables": the record was in
+    pd.testing.assert_frame_equal(again.results.drop(columns="wall_time_s"), first.results.drop(columns="wall_time_s"))

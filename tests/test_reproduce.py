@@ -108,21 +108,30 @@ def test_reproduce_tiny_end_to_end_and_resume(tmp_path: Path, brightness: None) 
     assert MeanBrightness.calls == calls
     pd.testing.assert_frame_equal(again.win_rates, result.win_rates)
 
-    # a re-run killed while writing its tables (simulated inside the writer) leaves the previous tables whole
-    before = {name: (out / name).read_bytes() for name in ("prompts.csv", "results.csv", "win_rates.csv")}
+    # a re-run killed while writing one of its tables (simulated inside that table's writer) leaves every
+    # previous table whole and no temporary file: each table in turn (the score table last, after one cell's
+    # scores are dropped so that the re-run rewrites it)
+    tables = ("prompts.csv", "results.csv", "win_rates.csv", "scores/brightness.csv")
     real_to_csv = pd.DataFrame.to_csv
+    for target in tables:
+        if target.startswith("scores/"):
+            scores = pd.read_csv(out / target)
+            scores[scores["cell"] != scores["cell"].iloc[0]].to_csv(out / target, index=False)
+        before = {name: (out / name).read_bytes() for name in tables}
 
-    def half_then_die(frame, path=None, *args, **kwargs):
-        real_to_csv(frame, path, *args, **kwargs)
-        Path(path).write_bytes(Path(path).read_bytes()[: Path(path).stat().st_size // 2])
-        raise KeyboardInterrupt("killed midway")
+        def half_then_die(frame, path=None, *args, target=target, **kwargs):
+            real_to_csv(frame, path, *args, **kwargs)
+            mine = out / target  # not the sweep's own results.csv under out/sweep
+            if Path(path).parent == mine.parent and Path(path).name.startswith(f".{mine.name}."):
+                Path(path).write_bytes(Path(path).read_bytes()[: Path(path).stat().st_size // 2])
+                raise KeyboardInterrupt(f"killed midway through {target}")
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(pd.DataFrame, "to_csv", half_then_die)
-        with pytest.raises(KeyboardInterrupt):
-            reproduce("sdxl", prompts, out, **kwargs)
-    assert {name: (out / name).read_bytes() for name in before} == before
-    assert not list(out.rglob("*.tmp"))
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(pd.DataFrame, "to_csv", half_then_die)
+            with pytest.raises(KeyboardInterrupt, match=target):
+                reproduce("sdxl", prompts, out, **kwargs)
+        assert {name: (out / name).read_bytes() for name in tables} == before, target
+        assert not list(out.rglob("*.tmp")), target
 
 
 def test_reproduce_refuses_bad_inputs_before_loading(tmp_path: Path) -> None:
