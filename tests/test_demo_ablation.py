@@ -107,3 +107,32 @@ def test_the_closing_table_prints_what_a_reader_needs(demo_run):
     z = table[table["setting"] == "Z, T=25, lambda=24, g2=0, rounds=1, official"].iloc[0]
     assert z["nfe"] == 2 * STEPS + 3 * 24 and z["win rate [95% CI]"].startswith("0.")
     assert table[table["setting"].str.startswith("standard, T=25")]["win rate [95% CI]"].tolist() == ["-"]
+    assert table["setting"].is_unique  # a matched baseline names the operator of the Z cell it matches
+    assert table["setting"].str.contains(r"^cfg_matched_nfe, T=\d+, g=0.75 \(vs Z ddim\)$").sum() == 1
+    kinds = [s.split(",")[0] for s in table["setting"]]
+    assert kinds == sorted(kinds, key=lambda kind: {"standard": 0, "Z": 1}.get(kind, 2))
+
+
+def test_the_outer_bar_counts_every_cell_of_every_part(demo_run, capsys):
+    """Resumed (nothing left to run), the outer bar still ends at cells done == total, and the total counts the
+    matched baselines the matched part derives (2 Z-Sampling cells x 3 baselines) beside every part's grid."""
+    from zsampling.sweep import expand_cells, parse_spec
+
+    out, summary = demo_run
+    again = run_demo(out, seeds_per_digit=4, quick=True, progress=True, figures=False)
+    pd.testing.assert_frame_equal(again, summary)
+    grid = sum(len(expand_cells(parse_spec(spec))) for spec in demo_specs(4, quick=True).values())
+    bars = capsys.readouterr().err.replace("\r", "\n")
+    last = [line for line in bars.splitlines() if line.startswith("demo (all parts)")][-1]
+    assert f"{grid + 6:.1f}/{grid + 6} cells" in last, last
+
+
+def test_on_progress_reports_each_batch_of_cells(tmp_path):
+    from zsampling.sweep import parse_spec, run_sweep
+
+    spec = parse_spec({"name": "p", "model": "analytic", "prompts": ["0", "1"], "seeds": [0, 1, 2],
+                       "grid": {"num_inference_steps": 4, "zigzag_steps": [0, 1, 2]}, "metrics": ["posterior"],
+                       "batch_size": 2})
+    calls: list[float] = []
+    result = run_sweep(spec, tmp_path, progress=False, on_progress=calls.append)
+    assert result.cells_run == 3 and sum(calls) == pytest.approx(3.0) and len(calls) == 3  # 3 batches of 2 samples

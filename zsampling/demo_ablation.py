@@ -188,14 +188,21 @@ def run_demo(
     from tqdm.auto import tqdm
 
     from zsampling.sweep import expand_cells
+    from zsampling.sweep.matched import MATCHED_METHODS
 
-    result = None
-    sizes = [len(expand_cells(spec)) for spec in parsed]
+    result, done = None, 0
+    # a part's grid cells plus the matched baselines each of its Z-Sampling cells derives
+    sizes = [sum(1 + (len(MATCHED_METHODS) if spec.matched_baselines and cell.method == "zigzag" else 0)
+                 for cell in expand_cells(spec)) for spec in parsed]
     with tqdm(total=sum(sizes), desc="demo (all parts)", unit="cell", disable=not progress, position=1,
-              leave=False) as overall:
+              leave=False, bar_format="{l_bar}{bar}| {n:.1f}/{total} cells [{elapsed}<{remaining}]") as overall:
         for spec, size in zip(parsed, sizes, strict=True):
-            result = run_sweep(spec, out, extend=True, progress=progress)  # its bar is labelled with the part
-            overall.update(size)
+            # its bar is labelled with the part; the outer bar advances with each batch
+            result = run_sweep(spec, out, extend=True, progress=progress, on_progress=overall.update)
+            done += result.cells_total  # run now, or found done (an earlier run, an earlier part)
+            overall.total += result.cells_total - size  # the exact count, once the matched cells are known
+            overall.n = done
+            overall.refresh()
     assert result is not None and result.results is not None
     if gap == "lora":
         summary = summarize_lora_gap(result.results, result.cells)
@@ -221,8 +228,11 @@ def closing_table(summary: pd.DataFrame) -> pd.DataFrame:
     """The summary's few columns a reader needs: one readable setting, NFE, alignment,
     Frechet distance and the win rate on alignment with its interval."""
     def setting(row: pd.Series) -> str:
-        if row["method"] == "standard" or str(row["method"]).startswith("cfg_matched"):
+        if row["method"] == "standard":
             return f"{row['method']}, T={int(row['num_inference_steps'])}, g={row['guidance_scale']:g}"
+        if str(row["method"]).startswith("cfg_matched"):  # one per Z cell it matches: name that cell's operator
+            return (f"{row['method']}, T={int(row['num_inference_steps'])}, g={row['guidance_scale']:.3g} "
+                    f"(vs Z {row['zag']})")
         extra = f", {row['zag']}" + (" (eval t_i)" if row.get("zag_eval_timestep") == "current" else "")
         return (f"Z, T={int(row['num_inference_steps'])}, lambda={int(row['zigzag_steps'])}, "
                 f"g2={row['inversion_guidance_scale']:g}, rounds={int(row['rounds'])}{extra}")
@@ -232,6 +242,8 @@ def closing_table(summary: pd.DataFrame) -> pd.DataFrame:
             return "-"
         return f"{row['win_rate']:.2f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
 
+    rank = summary["method"].map(lambda method: {"standard": 0, "zigzag": 1}.get(method, 2))
+    summary = summary.iloc[rank.argsort(kind="stable")]  # standard, Z-Sampling, then the matched baselines
     return pd.DataFrame({
         "setting": summary.apply(setting, axis=1), "nfe": summary["nfe"], "alignment": summary["alignment"],
         "frechet_pca": summary["frechet_pca"], "win rate [95% CI]": summary.apply(win, axis=1),

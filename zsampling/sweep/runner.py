@@ -148,6 +148,7 @@ def run_sweep(
     batch_size: int | None = None,
     wandb: Any | None = None,
     distributed: bool | None = None,
+    on_progress: Callable[[float], None] | None = None,
 ) -> SweepResult:
     """Run (or resume) a sweep into ``out``.
 
@@ -167,6 +168,9 @@ def run_sweep(
             merged tables to one W&B run (failures warn, never raise).
         distributed: force (True) or forbid (False) ``accelerate``'s
             PartialState; None uses it when WORLD_SIZE > 1.
+        on_progress: called with the (fractional) number of cells each batch
+            completes, as the progress bar advances (an outer bar over several
+            sweeps: ``zsampling demo``).
 
     Raises:
         SpecError: an invalid spec or selection (before any model loads).
@@ -204,7 +208,8 @@ def run_sweep(
     groups = plan_groups(todo, share_prefix=share_prefix)
     mine = assign_groups(groups, procs.index, procs.num)
     target_device = resolve_device(device or spec.model.device, procs.device)
-    executor = _Executor(spec, out, target_device, generation, session, progress, procs.index, procs.num)
+    executor = _Executor(spec, out, target_device, generation, session, progress, procs.index, procs.num,
+                         on_progress=on_progress)
     stats = executor.run(mine)
 
     if procs.num > 1:
@@ -442,13 +447,15 @@ class _Executor:
     """Runs this process's groups and writes their cells."""
 
     def __init__(self, spec: SweepSpec, out: Path, device: torch.device, generation: int, session: str,
-                 progress: bool, position: int, processes: int = 1) -> None:
+                 progress: bool, position: int, processes: int = 1, *,
+                 on_progress: Callable[[float], None] | None = None) -> None:
         self.spec = spec
         self.out = out
         self.device = device
         self.generation = generation
         self.session = session
         self.progress = progress
+        self.on_progress = on_progress
         self.position = position
         self.processes = processes
         self.samples = sweep_samples(spec)
@@ -480,6 +487,8 @@ class _Executor:
                 for index, chunk in enumerate(self.chunks):
                     self._run_batch(group, index, chunk, states)
                     bar.update(len(group.cells) / len(self.chunks))
+                    if self.on_progress is not None:
+                        self.on_progress(len(group.cells) / len(self.chunks))
                 for unit in group.units:
                     stats.spent += states[unit.lam].spent
                     stats.alone += self._write_unit(unit, states[unit.lam])
