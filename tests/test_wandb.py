@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_trace import PROMPTS, GaussianPipe
+from test_trace import PROMPTS, trace_pipe
 
 import zsampling
 from zsampling.trace import sample_with_trace
@@ -120,7 +120,7 @@ def test_importing_zsampling_does_not_import_wandb():
 
 
 def test_offline_run_contains_history_images_config_and_table(tmp_path):
-    pipe = GaussianPipe()
+    pipe = trace_pipe()
     wb = WandbRecorder(project="zsampling-tests", mode="offline", dir=str(tmp_path), config={"study": "test"})
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no W&B failure
@@ -171,7 +171,7 @@ def test_offline_run_contains_history_images_config_and_table(tmp_path):
 
 
 def test_disabled_mode_logs_nothing_and_samples_the_same(tmp_path):
-    pipe = GaussianPipe()
+    pipe = trace_pipe()
     plain = zsampling.sample(pipe, PROMPTS, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0),
                              output_type="latent", progress=False)
     wb = WandbRecorder(mode="disabled", dir=str(tmp_path))
@@ -194,7 +194,7 @@ def test_a_wandb_failure_warns_once_and_never_kills_sampling(monkeypatch, tmp_pa
         raise wandb.errors.UsageError("api_key not configured (no-tty)")
 
     monkeypatch.setattr(wandb, "init", broken_init)
-    pipe = GaussianPipe()
+    pipe = trace_pipe()
     plain = zsampling.sample(pipe, PROMPTS, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0),
                              output_type="latent", progress=False)
     wb = WandbRecorder(project="p", mode="online")
@@ -211,7 +211,7 @@ def test_a_wandb_failure_warns_once_and_never_kills_sampling(monkeypatch, tmp_pa
 
 def test_wandb_not_installed_warns_once(monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
-    pipe = GaussianPipe()
+    pipe = trace_pipe()
     wb = WandbRecorder(mode="offline")
     with pytest.warns(RuntimeWarning, match="ImportError|ModuleNotFoundError") as caught:
         out = zsampling.sample(pipe, PROMPTS, num_inference_steps=STEPS, output_type="latent", progress=False,
