@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
-from typing import Literal
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
 
 from zsampling.legs import LEG_FIELDS, LEG_NAMES, Leg, Legs
 
@@ -200,3 +200,30 @@ def _resolve_window(spec: int | Iterable[int] | None, steps: int) -> frozenset[i
                 f"zigzag_steps indices must be integers in 0..{steps - 2} (T-2) for T={steps}, got {index!r}"
             )
     return frozenset(int(index) for index in indices)
+
+
+def config_to_dict(config: ZigzagConfig) -> dict[str, Any]:
+    """A :class:`ZigzagConfig` as JSON-ready values (plus the resolved window).
+
+    ``legs``, ``measure_gap`` and ``timesteps`` appear only when they differ
+    from their defaults, so plain Z-Sampling configs (and the cell hashes sweeps derive
+    from them) read as they did before legs existed.
+    """
+    values: dict[str, Any] = {
+        field.name: getattr(config, field.name) for field in fields(config) if field.init
+    }
+    if isinstance(values["zigzag_steps"], tuple):
+        values["zigzag_steps"] = list(values["zigzag_steps"])
+    if config.legs.is_default:
+        del values["legs"]
+    else:
+        values["legs"] = asdict(config.legs)
+    if not config.measure_gap:
+        del values["measure_gap"]
+    if config.timesteps is None:
+        del values["timesteps"]
+    else:
+        values["timesteps"] = list(config.timesteps)
+    values["window"] = sorted(config.window)
+    values["reflections"] = config.reflections
+    return values

@@ -115,9 +115,9 @@ class Cell:
                 self.rounds, self.zag, evaluation, self.legs, own)
 
 
-def cell_hash(spec: SweepSpec, knobs: Mapping[str, Any], legs: Legs | None = None) -> str:
-    """Stable hash of a cell: model identity, knobs (leg knobs only when set, so
-    plain Z-Sampling cells keep their hashes), branch mode, sample set."""
+def cell_identity(spec: SweepSpec, knobs: Mapping[str, Any], legs: Legs | None = None) -> dict[str, Any]:
+    """What names a cell's computation: model identity, knobs (leg knobs only
+    when set, so plain Z-Sampling cells keep their hashes), branch mode, sample set."""
     identity = {
         "schema": CELL_SCHEMA,
         "model": spec.model.identity(),
@@ -127,7 +127,12 @@ def cell_hash(spec: SweepSpec, knobs: Mapping[str, Any], legs: Legs | None = Non
     }
     if legs is not None and not legs.is_default:
         identity["legs"] = leg_knobs(legs)
-    return stable_hash(identity)
+    return identity
+
+
+def cell_hash(spec: SweepSpec, knobs: Mapping[str, Any], legs: Legs | None = None) -> str:
+    """Stable hash of a grid cell's :func:`cell_identity`."""
+    return stable_hash(cell_identity(spec, knobs, legs))
 
 
 def expand_cells(spec: SweepSpec) -> list[Cell]:

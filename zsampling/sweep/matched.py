@@ -56,11 +56,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from zsampling.config import leg_knobs
 from zsampling.denoisers.base import Branches
 from zsampling.legs import Legs
-from zsampling.sweep.cells import CELL_SCHEMA, Cell
-from zsampling.sweep.spec import KNOBS, SpecError, SweepSpec, stable_hash
+from zsampling.sweep.cells import Cell, cell_identity
+from zsampling.sweep.spec import SpecError, SweepSpec, stable_hash
 
 MATCHED_METHODS: tuple[str, ...] = ("cfg_matched_nfe", "cfg_matched_measured", "cfg_matched_first_order")
 WEIGHT_GAP_METHODS: tuple[str, ...] = ("legs_matched_strong", "legs_matched_step")
@@ -97,19 +96,8 @@ def matched_steps(nfe: int, guidance_scale: float, branches: str = "needed") -> 
 
 
 def matched_hash(spec: SweepSpec, knobs: Mapping[str, Any], kind: str, source: str, legs: Legs | None = None) -> str:
-    """Stable hash of a derived cell: the grid-cell fields (legs when set) plus its kind and source cell."""
-    identity = {
-        "schema": CELL_SCHEMA,
-        "model": spec.model.identity(),
-        "knobs": {knob: knobs[knob] for knob in KNOBS},
-        "branches": spec.branches,
-        "samples": spec.samples_identity(),
-        "matched": kind,
-        "source": source,
-    }
-    if legs is not None and not legs.is_default:
-        identity["legs"] = leg_knobs(legs)
-    return stable_hash(identity)
+    """Stable hash of a derived cell: a grid cell's identity plus its kind and source cell."""
+    return stable_hash({**cell_identity(spec, knobs, legs), "matched": kind, "source": source})
 
 
 def has_weight_gap(cell: Cell) -> bool:

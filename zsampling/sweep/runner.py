@@ -57,6 +57,7 @@ import torch
 
 from zsampling.api import initial_latents, route_legs, target_schedule
 from zsampling.devices import resolve_device, torch_dtype
+from zsampling.provenance import package_versions
 from zsampling.sampler import Event, expected_network_rows, guidance_mode, zigzag_sample
 from zsampling.schedule import Schedule
 from zsampling.sweep import results as res
@@ -74,6 +75,7 @@ from zsampling.sweep.cells import (
     select_cells,
     sweep_samples,
 )
+from zsampling.sweep.matched import derive_matched
 from zsampling.sweep.models import METRICS, LoadedModel, load_model
 from zsampling.sweep.spec import SpecError, SweepSpec
 from zsampling.sweep.validate import load_spec
@@ -177,24 +179,50 @@ def run_sweep(
         SpecChangedError: ``out`` holds another spec and ``extend`` is False.
     """
     start = time.perf_counter()
+    spec, cells = _resolve(spec, batch_size, select)
+    out = Path(out)
+    procs = _Processes(distributed)
+    # read once, before any process can write a cell, so every process plans the same remaining work
+    done = res.read_records(out)
+    context = _open(spec, out, procs, done, extend, device)
+    executor = _Executor(context, _Progress(progress, procs.index, on_progress))
+    stats = _run_phase(executor, procs, cells, done, share_prefix)
+    derived: list[Cell] = []
+    if spec.matched_baselines:
+        pairs = derive_matched(spec, out, cells, res.read_records(out))
+        derived = [cell for cell, _ in pairs]
+        stats += _run_phase(executor, procs, derived, res.read_records(out), share_prefix,
+                            matched={cell.hash: info for cell, info in pairs})
+    result = SweepResult(out=out, cells_total=stats.total, cells_run=stats.cells, cells_skipped=stats.skipped,
+                         network_rows_spent=stats.spent, network_rows_alone=stats.alone,
+                         wall_time_s=time.perf_counter() - start, compute_s=stats.compute_s)
+    if procs.is_main:
+        result.results, result.cells, result.manifest = _merge(spec, out, cells, derived, wandb)
+    return result
+
+
+# ----------------------------------------------------------------------- phases
+def _resolve(spec: SweepSpec | str | Path, batch_size: int | None,
+             select: Mapping[str, Any] | Sequence[str] | None) -> tuple[SweepSpec, list[Cell]]:
+    """The validated spec (with the ``batch_size`` override) and its selected cells."""
     if not isinstance(spec, SweepSpec):
         spec = load_spec(spec)
     if batch_size is not None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise SpecError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         spec = dataclasses.replace(spec, batch_size=batch_size)
-    out = Path(out)
     cells = expand_cells(spec)
     if select:
         values = parse_assignments(select) if not isinstance(select, Mapping) else dict(select)
         cells = select_cells(spec, cells, values)
+    return spec, cells
 
-    procs = _Processes(distributed)
+
+def _open(spec: SweepSpec, out: Path, procs: _Processes, done: Mapping[str, Mapping[str, Any]], extend: bool,
+          device: str | None) -> _Context:
+    """Check ``out`` against the spec, start this session's manifest and name where cells are written from."""
     previous = read_manifest(out)
-    # read once, before any process can write a cell, so every process plans the same remaining work
-    done = res.read_records(out)
     check_compatible(spec, out, previous, done, extend)
-    generation = _generation(spec, previous)
     procs.barrier()
     if procs.is_main:
         for name in (res.CELLS_DIR, res.TRACES_DIR, res.IMAGES_DIR):
@@ -203,51 +231,37 @@ def run_sweep(
         res.atomic_write_json(out / MANIFEST, _start_manifest(spec, previous, procs.num))
     procs.barrier()
     session = (read_manifest(out) or {}).get("session", {}).get("id", "")
+    return _Context(spec=spec, out=out, device=resolve_device(device or spec.model.device, procs.device),
+                    generation=_generation(spec, previous), session=session, process=procs.index,
+                    processes=procs.num)
 
+
+def _run_phase(executor: _Executor, procs: _Processes, cells: Sequence[Cell], done: Mapping[str, Any],
+               share_prefix: bool, matched: Mapping[str, dict[str, Any]] | None = None) -> _Stats:
+    """Plan, assign, run, wait: the cells not in ``done`` run, this process's share here, and every
+    process returns once all of them are on disk (the next phase reads them)."""
     todo = [cell for cell in cells if cell.hash not in done]
     groups = plan_groups(todo, share_prefix=share_prefix)
-    mine = assign_groups(groups, procs.index, procs.num)
-    target_device = resolve_device(device or spec.model.device, procs.device)
-    executor = _Executor(spec, out, target_device, generation, session, progress, procs.index, procs.num,
-                         on_progress=on_progress)
-    stats = executor.run(mine)
-
+    stats = executor.run(assign_groups(groups, procs.index, procs.num), matched or {})
     if procs.num > 1:
-        _wait_for(out, todo)
+        _wait_for(executor.context.out, todo)
         procs.barrier()
-    total, skipped = len(cells), len(cells) - len(todo)
-    derived: list[Cell] = []
-    if spec.matched_baselines:
-        from zsampling.sweep.matched import derive_matched
+    return dataclasses.replace(stats, total=len(cells), skipped=len(cells) - len(todo))
 
-        pairs = derive_matched(spec, out, cells, res.read_records(out))
-        derived = [cell for cell, _ in pairs]
-        executor.matched = {cell.hash: info for cell, info in pairs}
-        done = res.read_records(out)
-        todo_matched = [cell for cell in derived if cell.hash not in done]
-        groups = plan_groups(todo_matched, share_prefix=share_prefix)
-        more = executor.run(assign_groups(groups, procs.index, procs.num))
-        stats = _Stats(stats.cells + more.cells, stats.spent + more.spent, stats.alone + more.alone,
-                       stats.compute_s + more.compute_s)
-        total, skipped = total + len(derived), skipped + len(derived) - len(todo_matched)
-        if procs.num > 1:
-            _wait_for(out, todo_matched)
-            procs.barrier()
-    result = SweepResult(out=out, cells_total=total, cells_run=stats.cells, cells_skipped=skipped,
-                         network_rows_spent=stats.spent, network_rows_alone=stats.alone,
-                         wall_time_s=time.perf_counter() - start, compute_s=stats.compute_s)
-    if procs.is_main:
-        records = res.read_records(out)
-        results, cell_table = res.build_tables(records.values())
-        res.write_tables(out, results, cell_table)
-        res.write_guidance_tables(out, *res.build_guidance_tables(records.values()))
-        manifest = _finish_manifest(out, spec, records, cells, derived)
-        result.results, result.cells, result.manifest = results, cell_table, manifest
-        if wandb is not None:
-            from zsampling.sweep.wandb_log import log_sweep
 
-            log_sweep(wandb, out, results, cell_table, manifest)
-    return result
+def _merge(spec: SweepSpec, out: Path, cells: Sequence[Cell], derived: Sequence[Cell],
+           wandb: Any | None) -> tuple[Any, Any, dict[str, Any]]:
+    """Merge every record on disk into the tables and the finished manifest (main process); log to W&B."""
+    records = res.read_records(out)
+    results, cell_table = res.build_tables(records.values())
+    res.write_tables(out, results, cell_table)
+    res.write_guidance_tables(out, *res.build_guidance_tables(records.values()))
+    manifest = _finish_manifest(out, spec, records, cells, derived)
+    if wandb is not None:
+        from zsampling.sweep.wandb_log import log_sweep
+
+        log_sweep(wandb, out, results, cell_table, manifest)
+    return results, cell_table, manifest
 
 
 # --------------------------------------------------------------------- manifest
@@ -299,18 +313,6 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _versions() -> dict[str, str]:
-    from zsampling.trace.recorder import package_versions
-
-    versions = package_versions()
-    for module in ("accelerate", "pandas", "pyarrow"):
-        try:
-            versions[module] = __import__(module).__version__
-        except Exception:  # an optional package missing or broken must not stop the sweep
-            continue
-    return versions
-
-
 def _start_manifest(spec: SweepSpec, previous: Mapping[str, Any] | None, processes: int) -> dict[str, Any]:
     history = list((previous or {}).get("spec_history") or [])
     if spec.hash not in [entry.get("spec_hash") for entry in history]:
@@ -325,7 +327,7 @@ def _start_manifest(spec: SweepSpec, previous: Mapping[str, Any] | None, process
         "spec": spec.to_dict(),
         "spec_hashed": spec.hashed_dict(),
         "spec_history": history,
-        "versions": _versions(),
+        "versions": package_versions(optional=("accelerate", "pandas", "pyarrow")),
         "started": (previous or {}).get("started") or session["started"],
         "finished": None,
         "session": session,
@@ -415,10 +417,40 @@ class _UnitState:
 
 @dataclass
 class _Stats:
+    """Cells and network rows of one phase (or, added up, of the whole call) in this process."""
+
     cells: int = 0
     spent: int = 0
     alone: int = 0
     compute_s: float = 0.0
+    total: int = 0
+    skipped: int = 0
+
+    def __add__(self, other: _Stats) -> _Stats:
+        return _Stats(*(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other), strict=True)))
+
+
+@dataclass(frozen=True)
+class _Context:
+    """Where this process writes cells and how they are stamped: fixed for one :func:`run_sweep` call."""
+
+    spec: SweepSpec
+    out: Path
+    device: torch.device
+    generation: int
+    """Order key of this spec in the directory's spec history (:func:`_generation`)."""
+    session: str
+    process: int
+    processes: int
+
+
+@dataclass(frozen=True)
+class _Progress:
+    """How progress shows: a bar per process (at its own line) and an optional outer callback."""
+
+    show: bool
+    position: int
+    on_progress: Callable[[float], None] | None = None
 
 
 class _Fanout:
@@ -444,42 +476,38 @@ class _Fanout:
 
 
 class _Executor:
-    """Runs this process's groups and writes their cells."""
+    """Runs this process's groups of cells, batch by batch, and writes their cells.
 
-    def __init__(self, spec: SweepSpec, out: Path, device: torch.device, generation: int, session: str,
-                 progress: bool, position: int, processes: int = 1, *,
-                 on_progress: Callable[[float], None] | None = None) -> None:
-        self.spec = spec
-        self.out = out
-        self.device = device
-        self.generation = generation
-        self.session = session
+    One executor serves every phase of a call, so the model loads once and each
+    batch's encoded prompts and initial latents are prepared once.
+    """
+
+    def __init__(self, context: _Context, progress: _Progress) -> None:
+        self.context = context
+        self.spec = context.spec
         self.progress = progress
-        self.on_progress = on_progress
-        self.position = position
-        self.processes = processes
-        self.samples = sweep_samples(spec)
-        self.chunks = batches(self.samples, spec.batch_size)
-        self.sample_metrics = [m for m in spec.metrics if METRICS[m].level == "sample"]
-        self.set_metrics = [m for m in spec.metrics if METRICS[m].level == "set"]
+        self.samples = sweep_samples(self.spec)
+        self.chunks = batches(self.samples, self.spec.batch_size)
+        self.sample_metrics = [m for m in self.spec.metrics if METRICS[m].level == "sample"]
+        self.set_metrics = [m for m in self.spec.metrics if METRICS[m].level == "set"]
         self.model: LoadedModel | None = None
         self._prepared: dict[int, tuple[Any, torch.Tensor, float]] = {}
-        self.matched: dict[str, dict[str, Any]] = {}
-        """Derived cell hash -> its ``matched`` record entry (set before running matched baselines)."""
         self._guidance_mode = "cfg"  # the model's, read from its first prepared target
 
-    def run(self, groups: Sequence[Group]) -> _Stats:
+    def run(self, groups: Sequence[Group], matched: Mapping[str, dict[str, Any]]) -> _Stats:
+        """Run ``groups`` and write their cells; ``matched`` maps a derived cell's hash to its record's
+        ``matched`` entry (empty for grid cells)."""
         stats = _Stats()
         if not groups:
             return stats
         from tqdm.auto import tqdm
 
         if self.model is None:
-            self.model = load_model(self.spec.model, self.device)
+            self.model = load_model(self.spec.model, self.context.device)
         begin = time.perf_counter()
         total = sum(len(group.cells) for group in groups)
-        bar = tqdm(total=total, desc=self.spec.name or "sweep", unit="cell", disable=not self.progress,
-                   position=self.position,
+        bar = tqdm(total=total, desc=self.spec.name or "sweep", unit="cell", disable=not self.progress.show,
+                   position=self.progress.position,
                    bar_format="{l_bar}{bar}| {n:.1f}/{total} cells [{elapsed}<{remaining}]")
         try:
             for group in groups:
@@ -487,11 +515,11 @@ class _Executor:
                 for index, chunk in enumerate(self.chunks):
                     self._run_batch(group, index, chunk, states)
                     bar.update(len(group.cells) / len(self.chunks))
-                    if self.on_progress is not None:
-                        self.on_progress(len(group.cells) / len(self.chunks))
+                    if self.progress.on_progress is not None:
+                        self.progress.on_progress(len(group.cells) / len(self.chunks))
                 for unit in group.units:
                     stats.spent += states[unit.lam].spent
-                    stats.alone += self._write_unit(unit, states[unit.lam])
+                    stats.alone += self._write_unit(unit, states[unit.lam], matched)
                     stats.cells += len(unit.cells)
         finally:
             bar.close()
@@ -500,8 +528,8 @@ class _Executor:
 
     # ------------------------------------------------------------ one batch
     def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        if self.context.device.type == "cuda":
+            torch.cuda.synchronize(self.context.device)
 
     def _prepare(self, index: int, chunk: Sequence[Sample]) -> tuple[Any, torch.Tensor, float]:
         """Encoded prompts and initial latents of a batch (cached: shared by every group)."""
@@ -619,7 +647,7 @@ class _Executor:
             ))
 
     # ---------------------------------------------------------- write cells
-    def _write_unit(self, unit: Unit, state: _UnitState) -> int:
+    def _write_unit(self, unit: Unit, state: _UnitState, matched: Mapping[str, dict[str, Any]]) -> int:
         """Write every cell of a unit (trace, images, then the record); returns rows-alone."""
         from safetensors.torch import save as save_safetensors
 
@@ -650,11 +678,11 @@ class _Executor:
                           "seeds": [s.seed for s in self.samples],
                           "sample_index": [s.sample_index for s in self.samples]}
             if trace is not None:
-                path = self.out / res.TRACES_DIR / f"{cell.hash}.safetensors"
+                path = self.context.out / res.TRACES_DIR / f"{cell.hash}.safetensors"
                 save_trace(trace.with_meta(key=cell.hash, sweep=sweep_meta), path)
                 files["trace"] = f"{res.TRACES_DIR}/{path.name}"
             if saved is not None:
-                path = self.out / res.IMAGES_DIR / f"{cell.hash}.safetensors"
+                path = self.context.out / res.IMAGES_DIR / f"{cell.hash}.safetensors"
                 meta = {"zsampling": json.dumps({**sweep_meta, "output_type": self.spec.output_type,
                                                  "layout": "pt" if self.spec.output_type == "pt" else "latent",
                                                  "dtype": str(saved.dtype).removeprefix("torch."),
@@ -666,13 +694,13 @@ class _Executor:
             alone_total += alone
             per_sample = state.wall / n
             rows = [{**row, "nfe": nfe, "wall_time_s": per_sample} for row in state.rows]
-            res.write_record(self.out, {
+            res.write_record(self.context.out, {
                 "cell": cell.hash,
                 "settings": cell.settings(),
-                "order": [self.generation, cell.index],
+                "order": [self.context.generation, cell.index],
                 "spec_hash": self.spec.hash,
-                "session": self.session,
-                "process": {"index": self.position, "count": self.processes},
+                "session": self.context.session,
+                "process": {"index": self.context.process, "count": self.context.processes},
                 "n_samples": n,
                 "nfe": nfe,
                 "wall_time_s": state.wall,
@@ -684,7 +712,7 @@ class _Executor:
                 "shared_with": [c.hash for c in unit.cells if c.hash != cell.hash],
                 "files": files,
                 "effective_guidance": guidance,
-                "matched": self.matched.get(cell.hash),
+                "matched": matched.get(cell.hash),
                 "created": _now(),
             })
         return alone_total

@@ -17,10 +17,8 @@ per-step metrics and decoding include the final step.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import math
-import platform
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
@@ -29,8 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zsampling.config import ZigzagConfig
+from zsampling.config import ZigzagConfig, config_to_dict
 from zsampling.legs import Condition
+from zsampling.provenance import package_versions
 from zsampling.sampler import Event
 from zsampling.schedule import Schedule
 from zsampling.trace.data import (
@@ -644,55 +643,6 @@ def _as_image_tensor(images: Any) -> torch.Tensor:
         array = np.stack([np.asarray(image.convert("RGB")) for image in images])
         return torch.from_numpy(array).float().div(255).permute(0, 3, 1, 2)
     raise TypeError(f"decode must return a tensor (B, C, H, W), an array (B, H, W, C) or PIL images, got {images!r}")
-
-
-_VERSIONS: dict[str, str] | None = None
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that shape a trace's numbers."""
-    global _VERSIONS
-    if _VERSIONS is None:
-        import diffusers
-        import safetensors
-
-        import zsampling
-
-        _VERSIONS = {
-            "zsampling": zsampling.__version__,
-            "diffusers": diffusers.__version__,
-            "torch": torch.__version__,
-            "safetensors": safetensors.__version__,
-            "python": platform.python_version(),
-        }
-    return dict(_VERSIONS)
-
-
-def config_to_dict(config: ZigzagConfig) -> dict[str, Any]:
-    """A :class:`ZigzagConfig` as JSON-ready values (plus the resolved window).
-
-    ``legs``, ``measure_gap`` and ``timesteps`` appear only when they differ
-    from their defaults, so plain Z-Sampling configs (and the cell hashes sweeps derive
-    from them) read as they did before legs existed.
-    """
-    values: dict[str, Any] = {
-        field.name: getattr(config, field.name) for field in dataclasses.fields(config) if field.init
-    }
-    if isinstance(values["zigzag_steps"], tuple):
-        values["zigzag_steps"] = list(values["zigzag_steps"])
-    if config.legs.is_default:
-        del values["legs"]
-    else:
-        values["legs"] = dataclasses.asdict(config.legs)
-    if not config.measure_gap:
-        del values["measure_gap"]
-    if config.timesteps is None:
-        del values["timesteps"]
-    else:
-        values["timesteps"] = list(config.timesteps)
-    values["window"] = sorted(config.window)
-    values["reflections"] = config.reflections
-    return values
 
 
 class MultiRecorder:
