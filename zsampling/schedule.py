@@ -312,6 +312,11 @@ class DDIMSchedule(_ScheduleChecks):
         ``timesteps`` replaces the scheduler's spacing with a custom list
         (``DDIMScheduler.set_timesteps`` takes none): the alphas and the final
         alpha still come from the scheduler.
+
+        Each step goes from t_i to the next listed t_{i+1}. ``DDIMScheduler.step``
+        uses t - num_train_timesteps // T instead, which leaves a "trailing" or
+        "linspace" list when T does not divide the training steps (a known
+        diffusers bug, issue #12633); docs/design.md, "Schedules".
         """
         from diffusers import DDIMScheduler
 
