@@ -38,6 +38,16 @@ def test_defaults_and_normal_form():
     assert [c.method for c in cells[:3]] == ["standard", "zigzag", "zigzag"]
 
 
+
+def test_dtype_aliases_take_the_canonical_name_and_hash_alike():
+    """Every name zsampling.devices accepts works in a spec too ("fp16" in a preset works in a sweep)."""
+    plain = spec(model={"name": "analytic", "dtype": "float16"}, trace={"latent_dtype": "bfloat16"})
+    alias = spec(model={"name": "analytic", "dtype": "fp16"}, trace={"latent_dtype": "bf16"})
+    assert (alias.model.dtype, alias.trace.latent_dtype) == ("float16", "bfloat16")
+    assert alias.hash == plain.hash
+    with pytest.raises(SpecError, match=r"trace.latent_dtype must be one of float32, fp32.*got 'int4'"):
+        spec(trace={"latent_dtype": "int4"})
+
 def test_hash_ignores_execution_details_but_not_results():
     s = spec()
     assert spec(batch_size=3, name="other").hash == s.hash

@@ -14,7 +14,7 @@ JSON (``.json``) and :func:`parse_spec` validates a mapping into a frozen
       name: demo                        # demo | analytic | tiny-sd | tiny-sdxl | tiny-pixart
                                         # | a preset (sdxl, sdxl-dpo, sd15, ...; zsampling.presets)
                                         # | a local diffusers directory | a hub id (org/name)
-      dtype: float32                    # float32 | float16 | bfloat16 | float64
+      dtype: float32                    # float32 | float16 | bfloat16 | float64 (or fp16, bf16, half, ...)
       device: auto                      # auto | cpu | cuda | cuda:1 ...
       options: {}                       # model-specific (analytic: d, num_components, radius, std, ...)
     prompts: ["0", "3", "7"]            # or {file: prompts.txt} / {file: p.csv, column: prompt, limit: 100}
@@ -88,7 +88,6 @@ TOP_KEYS: tuple[str, ...] = (
 )
 MODEL_KEYS: tuple[str, ...] = ("name", "dtype", "device", "options")
 TRACE_KEYS: tuple[str, ...] = ("keep", "latent_dtype", "downsample", "step_metrics", "every", "decode_every")
-DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16", "float64")
 NOISE_MODES: tuple[str, ...] = ("seed_prompt", "seed")
 OUTPUT_TYPES: tuple[str, ...] = ("pt", "latent")
 BRANCH_MODES: tuple[str, ...] = ("needed", "both")

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from zsampling.config import KNOB_DEFAULTS, KNOBS, LEG_KNOBS
+from zsampling.devices import DTYPE_NAMES, torch_dtype
 from zsampling.prompts import SHIPPED_PROMPTS, PromptFileError, load_prompts
 from zsampling.sweep import models
 from zsampling.sweep.cells import expand_cells
 from zsampling.sweep.matched import check_matched_spec
 from zsampling.sweep.spec import (
     BRANCH_MODES,
-    DTYPES,
     MODEL_KEYS,
     NOISE_MODES,
     OUTPUT_TYPES,
@@ -226,9 +226,7 @@ def _parse_model(value: Any) -> ModelSpec:
     if not isinstance(name, str) or not name.strip():
         raise SpecError(f"model.name must be a non-empty string (demo, analytic, tiny-sd, a path or a hub id), "
                         f"got {name!r}")
-    dtype = value.get("dtype", "float32")
-    if dtype not in DTYPES:
-        raise SpecError(f"model.dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    dtype = _dtype_name("model.dtype", value.get("dtype", "float32"))
     device = value.get("device", "auto")
     if not isinstance(device, str) or not device:
         raise SpecError(f"model.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
@@ -402,9 +400,7 @@ def _parse_trace(value: Any) -> TraceSpec | None:
     if not isinstance(kinds, (list, tuple)) or not all(k in KEEP_KINDS for k in kinds):
         raise SpecError(f"trace.keep must be 'all' or a list from {', '.join(KEEP_KINDS)}, got {keep!r}")
     kinds = sorted(set(kinds) | {"scalars"}, key=KEEP_KINDS.index)
-    latent_dtype = value.get("latent_dtype", "float16")
-    if latent_dtype not in DTYPES:
-        raise SpecError(f"trace.latent_dtype must be one of {', '.join(DTYPES)}, got {latent_dtype!r}")
+    latent_dtype = _dtype_name("trace.latent_dtype", value.get("latent_dtype", "float16"))
     downsample = value.get("downsample")
     if downsample is not None:
         downsample = positive_int("trace.downsample", downsample)
@@ -416,4 +412,12 @@ def _parse_trace(value: Any) -> TraceSpec | None:
     return TraceSpec(keep=tuple(kinds), latent_dtype=latent_dtype, downsample=downsample,
                      step_metrics=step_metrics, every=every, decode_every=decode_every)
 
+
+def _dtype_name(key: str, value: Any) -> str:
+    """The canonical name ("float16", ...) of any dtype name zsampling accepts (``fp16``, ``half``, ...),
+    so specs that spell one dtype two ways hash alike; else a SpecError naming ``key`` and the names."""
+    try:
+        return str(torch_dtype(str(value))).removeprefix("torch.")
+    except ValueError:
+        raise SpecError(f"{key} must be one of {', '.join(DTYPE_NAMES)}, got {value!r}") from None
 
