@@ -37,6 +37,7 @@ from analysis.run import RunData, load_run, sample_frame, trajectory_frame, x0_f
 from analysis.stats import N_RESAMPLES, SEED
 from analysis.tables import (
     PAIR_KEYS,
+    at_reference_schedule,
     fixed_except,
     metric_columns,
     operator_label,
@@ -74,9 +75,11 @@ class FigureSpec:
 
 # ----------------------------------------------------------------- selection
 def _results(run: RunData) -> pd.DataFrame:
+    """The run's results; a run that varies the timestep schedule is drawn at each model's reference
+    schedule (:func:`analysis.tables.reference_settings`), so no curve pools two schedules."""
     if run.results is None or run.results.empty:
         raise SkipFigure("RUN_DIR has no results.parquet / results.csv")
-    return run.results
+    return at_reference_schedule(run.results)
 
 
 def _zigzag(results: pd.DataFrame) -> pd.DataFrame:

@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from zsampling.config import KNOBS, LEG_KNOBS
+from zsampling.config import KNOBS, LEG_KNOBS, OPTIONAL_KNOBS, SCHEDULE_KNOB, timesteps_label
 
 PAIR_KEYS: tuple[str, ...] = ("prompt_index", "seed")
 """Samples of different cells with the same keys share the prompt and x_T."""
 
-SETTING_COLUMNS: tuple[str, ...] = ("model", "method", *KNOBS, *LEG_KNOBS)
+SETTING_COLUMNS: tuple[str, ...] = ("model", "method", *KNOBS, *OPTIONAL_KNOBS)
 """The settings that identify a cell (besides its hash ``cell``): the sweep knobs of
 :mod:`zsampling.config` (the leg knobs only appear in runs that set them)."""
 
@@ -96,13 +96,15 @@ def method_label(frame: pd.DataFrame) -> pd.Series:
     return label.rename("method")
 
 
-STANDARD_KEYS: tuple[str, ...] = ("model", "num_inference_steps", "guidance_scale")
-"""The settings that matter for standard sampling (lambda = 0): g2, rounds and
-the zag operator never act, so cells differing only in those are the same run."""
+STANDARD_KEYS: tuple[str, ...] = ("model", "num_inference_steps", "guidance_scale", SCHEDULE_KNOB,
+                                  *(knob for knob in LEG_KNOBS if knob.startswith("step.")))
+"""The settings that matter for standard sampling (lambda = 0): T, g1, the timestep schedule and the
+step leg; g2, rounds, the zag operator and the zig / zag legs never act, so cells differing only in
+those are the same run."""
 
 
 def unique_standard(frame: pd.DataFrame) -> pd.DataFrame:
-    """Drop duplicate standard-sampling cells: keep one cell per (model, T, g1).
+    """Drop duplicate standard-sampling cells: keep one cell per (model, T, g1, schedule, step leg).
 
     A sweep crosses lambda = 0 with every other knob, so one standard run
     appears once per g2, rounds and zag value (identical samples, as the
@@ -153,23 +155,32 @@ def reference_settings(results: pd.DataFrame) -> dict[str, Any]:
     the largest), g1 = the most common g1 at that T, g2 = 0 if present (null
     inversion) else the most common, rounds = 1 if present else the smallest,
     lambda = the largest window at that T (the paper's full window T - 1).
-    With no Z-Sampling cells, T and g1 come from the standard cells.
+    With no Z-Sampling cells, T and g1 come from the standard cells. A run
+    that varies the timestep schedule holds it at the scheduler's own
+    spacing if present, else the most common, and picks T within it.
 
     Returns a dict with the keys ``num_inference_steps``, ``guidance_scale``,
     ``inversion_guidance_scale``, ``zigzag_steps``, ``rounds`` and ``model``
-    (the most common model; ablations are computed per model anyway).
+    (the most common model; ablations are computed per model anyway), and
+    ``timesteps`` when the run has that column.
     """
     cells = cell_table(results)
     zig = cells[cells["method"] == "zigzag"]
     pool = zig if not zig.empty else cells[cells["method"] == "standard"]
     if pool.empty:
         pool = cells
+    schedule = {}
+    if SCHEDULE_KNOB in pool.columns:
+        schedule = {SCHEDULE_KNOB: _mode(pool[SCHEDULE_KNOB], prefer=timesteps_label(None))}
+        pool = pool[pool[SCHEDULE_KNOB] == schedule[SCHEDULE_KNOB]]
+        zig = zig[zig[SCHEDULE_KNOB] == schedule[SCHEDULE_KNOB]]
     steps = _mode(pool["num_inference_steps"])
     at_t = pool[pool["num_inference_steps"] == steps]
     ref: dict[str, Any] = {
         "model": _mode(pool["model"]) if "model" in pool else None,
         "num_inference_steps": int(steps) if steps is not None else None,
         "guidance_scale": float(_mode(at_t["guidance_scale"])),
+        **schedule,
     }
     if not zig.empty:
         at_g = at_t[np.isclose(at_t["guidance_scale"].astype(float), ref["guidance_scale"])]
@@ -179,6 +190,15 @@ def reference_settings(results: pd.DataFrame) -> dict[str, Any]:
     else:
         ref.update(inversion_guidance_scale=None, rounds=None, zigzag_steps=None)
     return ref
+
+
+def at_reference_schedule(results: pd.DataFrame) -> pd.DataFrame:
+    """The rows at each model's reference timestep schedule (all rows when the run has one schedule)."""
+    if SCHEDULE_KNOB not in results.columns or results[SCHEDULE_KNOB].nunique() < 2:
+        return results
+    keep = [by_model[by_model[SCHEDULE_KNOB] == reference_settings(by_model)[SCHEDULE_KNOB]]
+            for _, by_model in results.groupby("model", sort=False)]
+    return pd.concat(keep).sort_index()
 
 
 def fixed_except(reference: Mapping[str, Any], *free: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -23,7 +23,7 @@ from zsampling.denoisers.base import SamplingTarget
 from zsampling.denoisers.legs import LegRouter, LoraScales, denoising_network
 from zsampling.legs import Legs
 from zsampling.sampler import Recorder, zigzag_sample
-from zsampling.schedule import DDIMSchedule, FlowSchedule, build_schedule, check_run
+from zsampling.schedule import DDIMSchedule, FlowSchedule, build_schedule, check_run, named_timesteps
 
 OUTPUT_TYPES: tuple[str, ...] = ("pil", "np", "pt", "latent")
 
@@ -74,7 +74,7 @@ def sample(
     zag_eval_timestep: ZagEvalTimestep = "next",
     legs: Legs | None = None,
     measure_gap: bool = False,
-    timesteps: list[int] | None = None,
+    timesteps: Sequence[int] | str | None = None,
     models: Mapping[str, Any] | None = None,
     height: int | None = None,
     width: int | None = None,
@@ -100,7 +100,8 @@ def sample(
     named in ``models``); the default is plain Z-Sampling.
 
     Defaults: ``num_inference_steps=None`` is 50, or the length of custom
-    ``timesteps`` (DDIM only, e.g. an Align-Your-Steps list); ``zag=None`` is
+    ``timesteps`` (DDIM only: a list, or a name of
+    :data:`~zsampling.schedule.NAMED_TIMESTEPS` such as "ays-sdxl"); ``zag=None`` is
     "official" on DDIM and "euler" on flow matching; ``guidance_scale=None`` is the pipeline's own default (5.5,
     the released SDXL setting, for models that have none). Both are recorded
     in ``SampleOutput.config``. See :class:`ZigzagConfig` for the other
@@ -149,7 +150,7 @@ def resolve_config(
     pipe_or_target: Any,
     *,
     num_inference_steps: int | None = None,
-    timesteps: list[int] | None = None,
+    timesteps: Sequence[int] | str | None = None,
     guidance_scale: float | None = None,
     zag: ZagOperator | None = None,
     legs: Legs | None = None,
@@ -165,6 +166,8 @@ def resolve_config(
         guidance_scale = getattr(pipe_or_target, "default_guidance", None)
         if guidance_scale is None:
             guidance_scale = _pipeline_default_guidance(pipe_or_target)
+    if isinstance(timesteps, str):
+        timesteps = named_timesteps(timesteps)
     if num_inference_steps is None:
         num_inference_steps = DEFAULT_STEPS if timesteps is None else len(timesteps)
     config = ZigzagConfig(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -82,7 +82,7 @@ class ZigzagConfig:
 
     def __post_init__(self) -> None:
         if self.timesteps is not None:
-            object.__setattr__(self, "timesteps", _check_timesteps(self.timesteps))
+            object.__setattr__(self, "timesteps", check_timesteps(self.timesteps))
             if self.num_inference_steps != len(self.timesteps):
                 raise ValueError(f"num_inference_steps={self.num_inference_steps} must equal the number of custom "
                                  f"timesteps ({len(self.timesteps)})")
@@ -126,6 +126,11 @@ class ZigzagConfig:
         return not self.window
 
 
+NAMED_TIMESTEPS: dict[str, str] = {"ays-sd15": "StableDiffusionTimesteps", "ays-sdxl": "StableDiffusionXLTimesteps"}
+"""Timestep lists zsampling accepts by name (:func:`zsampling.schedule.named_timesteps`): the
+Align-Your-Steps schedules (Sabour et al. 2024) for SD 1.5 and SDXL, 10 steps each, read from diffusers'
+``AysSchedules`` (the value is the entry's name there)."""
+
 KNOBS: tuple[str, ...] = tuple(f.name for f in fields(ZigzagConfig) if f.metadata.get("knob"))
 """The settings a sweep grid varies, in the order of the results tables' settings columns: the
 :class:`ZigzagConfig` fields marked as knobs (the one source of truth for sweeps and analysis)."""
@@ -138,6 +143,22 @@ KNOB_DEFAULTS: dict[str, object] = {
 LEG_KNOBS: tuple[str, ...] = tuple(f"{leg}.{name}" for leg in LEG_NAMES for name in LEG_FIELDS)
 """Per-leg knobs of a sweep grid ("zig.lora_scale", "zag.guidance_scale", ...): the numeric
 :class:`~zsampling.legs.Leg` settings; a grid that leaves them out runs plain Z-Sampling legs."""
+
+SCHEDULE_KNOB = "timesteps"
+"""The grid knob of the timestep schedule: null (the scheduler's own spacing at T steps), a name of
+:data:`NAMED_TIMESTEPS` or a custom list (which fixes T to its length); a grid that leaves it out runs
+the scheduler's spacing, and its cells keep the hashes they had before the knob existed."""
+
+OPTIONAL_KNOBS: tuple[str, ...] = (*LEG_KNOBS, SCHEDULE_KNOB)
+"""Knobs that appear in cell hashes and results tables only when a grid sets them."""
+
+
+def timesteps_label(schedule: str | Sequence[int] | None) -> str:
+    """The ``timesteps`` column of a schedule: "scheduler" (its own spacing), a name, or the list
+    written t_0,t_1,... (a table cell that pandas can group by)."""
+    if schedule is None:
+        return "scheduler"
+    return schedule if isinstance(schedule, str) else ",".join(str(int(t)) for t in schedule)
 
 
 def legs_from_knobs(values: dict[str, float | None]) -> Legs:
@@ -161,7 +182,7 @@ def leg_knobs(legs: Legs) -> dict[str, float]:
     return values
 
 
-def _check_timesteps(values: Iterable[int]) -> tuple[int, ...]:
+def check_timesteps(values: Iterable[int]) -> tuple[int, ...]:
     """A custom timestep list: integers, strictly decreasing, >= 0."""
     if isinstance(values, (str, bytes)):
         raise ValueError(f"timesteps must be a list of integers, got {values!r}")

@@ -42,7 +42,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from zsampling.config import ZigzagConfig
+from zsampling.config import NAMED_TIMESTEPS, ZigzagConfig
 
 PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample")
 FAMILIES: tuple[str, ...] = ("ddim", "flow")
@@ -485,6 +485,20 @@ class FlowSchedule(_ScheduleChecks):
             "timesteps": list(self.timesteps),
             "sigmas": list(self.sigmas),
         }
+
+
+def named_timesteps(name: str) -> tuple[int, ...]:
+    """The timestep list of a :data:`NAMED_TIMESTEPS` name.
+
+    Raises:
+        ValueError: an unknown name, listing the known ones.
+    """
+    from diffusers.schedulers.scheduling_utils import AysSchedules
+
+    if name not in NAMED_TIMESTEPS:
+        raise ValueError(f"unknown timestep schedule {name!r}; named schedules: {', '.join(NAMED_TIMESTEPS)} "
+                         "(or pass a list of integers)")
+    return tuple(int(t) for t in AysSchedules[NAMED_TIMESTEPS[name]])
 
 
 def build_schedule(

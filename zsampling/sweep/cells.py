@@ -35,8 +35,17 @@ from typing import Any
 
 import torch
 
-from zsampling.config import LEG_KNOBS, ZigzagConfig, leg_knobs, legs_from_knobs
+from zsampling.config import (
+    LEG_KNOBS,
+    OPTIONAL_KNOBS,
+    SCHEDULE_KNOB,
+    ZigzagConfig,
+    leg_knobs,
+    legs_from_knobs,
+    timesteps_label,
+)
 from zsampling.legs import Legs
+from zsampling.schedule import named_timesteps
 from zsampling.sweep.spec import KNOBS, SpecError, SweepSpec, check_knob, stable_hash
 
 CELL_SCHEMA = "zsampling.sweep.cell/1"
@@ -64,6 +73,8 @@ class Cell:
     zag: str
     zag_eval_timestep: str
     legs: Legs = field(default_factory=Legs)
+    schedule: str | tuple[int, ...] | None = None
+    """The ``timesteps`` grid value: None (the scheduler's spacing), a name or a custom list."""
     matched: str | None = None
     source: str | None = None
 
@@ -83,22 +94,36 @@ class Cell:
         return leg_knobs(self.legs)
 
     def value(self, knob: str) -> Any:
-        """One knob's value, leg knobs included (None: a leg knob the cell leaves unset)."""
+        """One knob's value, optional knobs included (None: a leg knob the cell leaves unset, or the
+        scheduler's own timestep spacing)."""
+        if knob == SCHEDULE_KNOB:
+            return self.schedule
         return self.leg_knobs().get(knob) if knob in LEG_KNOBS else getattr(self, knob)
 
-    def settings(self) -> dict[str, Any]:
-        """The settings columns of the results tables (leg knobs only where set)."""
-        return {"cell": self.hash, "model": self.model, "method": self.method, **self.knobs(), **self.leg_knobs()}
+    @property
+    def timesteps(self) -> tuple[int, ...] | None:
+        """The custom timestep list of this cell (a name resolved), or None."""
+        return named_timesteps(self.schedule) if isinstance(self.schedule, str) else self.schedule
+
+    def settings(self, schedules: bool = False) -> dict[str, Any]:
+        """The settings columns of the results tables: leg knobs only where set, ``timesteps`` (its
+        :func:`~zsampling.config.timesteps_label`) when the cell has a list or ``schedules`` is True
+        (the grid varies the schedule)."""
+        settings = {"cell": self.hash, "model": self.model, "method": self.method, **self.knobs(),
+                    **self.leg_knobs()}
+        if schedules or self.schedule is not None:
+            settings[SCHEDULE_KNOB] = timesteps_label(self.schedule)
+        return settings
 
     def config(self) -> ZigzagConfig:
         """The validated :class:`ZigzagConfig` of this cell."""
-        return ZigzagConfig(**self.knobs(), legs=self.legs)
+        return ZigzagConfig(**self.knobs(), legs=self.legs, timesteps=self.timesteps)
 
     @property
     def effective_key(self) -> tuple[Any, ...]:
         """Settings that change the computation (cells with equal keys are computed once)."""
         if self.zigzag_steps == 0:
-            return ("standard", self.num_inference_steps, self.guidance_scale, self.legs.step)
+            return ("standard", self.num_inference_steps, self.guidance_scale, self.legs.step, self.schedule)
         return (*self.trunk_key, self.zigzag_steps)
 
     @property
@@ -112,12 +137,14 @@ class Cell:
         evaluation = None if self.zag == "official" else self.zag_eval_timestep  # the official zag ignores it
         own = self.zigzag_steps if self.legs.zig != self.legs.step else None
         return ("zigzag", self.num_inference_steps, self.guidance_scale, self.inversion_guidance_scale,
-                self.rounds, self.zag, evaluation, self.legs, own)
+                self.rounds, self.zag, evaluation, self.legs, self.schedule, own)
 
 
-def cell_identity(spec: SweepSpec, knobs: Mapping[str, Any], legs: Legs | None = None) -> dict[str, Any]:
-    """What names a cell's computation: model identity, knobs (leg knobs only
-    when set, so plain Z-Sampling cells keep their hashes), branch mode, sample set."""
+def cell_identity(spec: SweepSpec, knobs: Mapping[str, Any], legs: Legs | None = None,
+                  schedule: str | tuple[int, ...] | None = None) -> dict[str, Any]:
+    """What names a cell's computation: model identity, knobs (leg knobs and a
+    timestep schedule only when set, so plain Z-Sampling cells keep their
+    hashes), branch mode, sample set."""
     identity = {
         "schema": CELL_SCHEMA,
         "model": spec.model.identity(),
@@ -127,17 +154,21 @@ def cell_identity(spec: SweepSpec, knobs: Mapping[str, Any], legs: Legs | None =
     }
     if legs is not None and not legs.is_default:
         identity["legs"] = leg_knobs(legs)
+    if schedule is not None:
+        identity[SCHEDULE_KNOB] = schedule if isinstance(schedule, str) else list(schedule)
     return identity
 
 
-def cell_hash(spec: SweepSpec, knobs: Mapping[str, Any], legs: Legs | None = None) -> str:
+def cell_hash(spec: SweepSpec, knobs: Mapping[str, Any], legs: Legs | None = None,
+              schedule: str | tuple[int, ...] | None = None) -> str:
     """Stable hash of a grid cell's :func:`cell_identity`."""
-    return stable_hash(cell_identity(spec, knobs, legs))
+    return stable_hash(cell_identity(spec, knobs, legs, schedule))
 
 
 def expand_cells(spec: SweepSpec) -> list[Cell]:
     """Every cell of the spec's grid, in grid order; lambda "full" becomes T-1
-    and a cell listed twice after that (e.g. "full" and 19 for T = 20) once."""
+    and a cell listed twice after that (e.g. "full" and 19 for T = 20) once.
+    A custom timestep list fixes T to its length, whatever ``num_inference_steps`` says."""
     cells: list[Cell] = []
     seen: set[str] = set()
     names = spec.knobs
@@ -145,13 +176,17 @@ def expand_cells(spec: SweepSpec) -> list[Cell]:
         point = dict(zip(names, values, strict=True))
         knobs = {knob: point[knob] for knob in KNOBS}
         legs = legs_from_knobs({knob: point[knob] for knob in names if knob in LEG_KNOBS})
+        schedule = point.get(SCHEDULE_KNOB)
+        if schedule is not None:
+            knobs["num_inference_steps"] = len(named_timesteps(schedule) if isinstance(schedule, str) else schedule)
         if knobs["zigzag_steps"] == "full":
             knobs["zigzag_steps"] = knobs["num_inference_steps"] - 1
-        digest = cell_hash(spec, knobs, legs)
+        digest = cell_hash(spec, knobs, legs, schedule)
         if digest in seen:
             continue
         seen.add(digest)
-        cells.append(Cell(index=len(cells), hash=digest, model=spec.model.name, legs=legs, **knobs))
+        cells.append(Cell(index=len(cells), hash=digest, model=spec.model.name, legs=legs, schedule=schedule,
+                          **knobs))
     return cells
 
 
@@ -162,7 +197,7 @@ def parse_assignments(items: Iterable[str]) -> dict[str, Any]:
     Raises:
         SpecError: unknown knob, malformed word or a value of the wrong type.
     """
-    allowed = (*KNOBS, *LEG_KNOBS)
+    allowed = (*KNOBS, *OPTIONAL_KNOBS)
     values: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -176,6 +211,10 @@ def parse_assignments(items: Iterable[str]) -> dict[str, Any]:
 
 
 def _coerce(knob: str, raw: str) -> Any:
+    if knob == SCHEDULE_KNOB:  # what timesteps_label writes: "scheduler", a name, or t_0,t_1,...
+        if raw in ("scheduler", "null", "None"):
+            return None
+        return [int(t) for t in raw.split(",")] if raw.replace(",", "").isdigit() else raw
     if knob in ("num_inference_steps", "rounds") or (knob == "zigzag_steps" and raw not in ("full", "None")):
         try:
             return int(float(raw)) if float(raw).is_integer() else raw
@@ -326,9 +365,7 @@ def plan_groups(cells: Sequence[Cell], *, share_prefix: bool = True) -> list[Gro
             groups.setdefault(unit.cells[0].trunk_key, Group()).units.append(unit)
     for unit in standard:
         cell = unit.cells[0]
-        host = next((g for key, g in groups.items()
-                     if key[0] == "zigzag" and key[1] == cell.num_inference_steps and key[2] == cell.guidance_scale
-                     and key[7].zig == cell.legs.step and key[8] is None), None)
+        host = next((g for g in groups.values() if g.units[0].lam > 0 and _hosts(g.units[0].cells[0], cell)), None)
         if host is None:
             groups[cell.effective_key] = Group([unit])
         else:
@@ -337,6 +374,14 @@ def plan_groups(cells: Sequence[Cell], *, share_prefix: bool = True) -> list[Gro
     for group in ordered:
         group.units.sort(key=lambda u: u.lam)
     return ordered
+
+
+def _hosts(trunk: Cell, standard: Cell) -> bool:
+    """Whether a standard cell's run is the start of a zigzag trunk's: same T, g1 and timestep
+    schedule, and the trunk's zig leg (equal to its step leg) is the standard cell's step leg."""
+    return (trunk.num_inference_steps == standard.num_inference_steps
+            and trunk.guidance_scale == standard.guidance_scale and trunk.schedule == standard.schedule
+            and trunk.legs.zig == trunk.legs.step == standard.legs.step)
 
 
 def assign_groups(groups: Sequence[Group], process_index: int, num_processes: int) -> list[Group]:

@@ -58,6 +58,7 @@ from typing import Any
 
 from zsampling.denoisers.base import Branches
 from zsampling.legs import Legs
+from zsampling.sampler import expected_network_rows
 from zsampling.sweep.cells import Cell, cell_identity
 from zsampling.sweep.spec import SpecError, SweepSpec, stable_hash
 
@@ -144,8 +145,6 @@ def _derived(spec: SweepSpec, source: Cell, k: int, kind: str, nfe: int, scale: 
 
 def source_nfe(cell: Cell, branches: str) -> int:
     """Network rows per sample of a Z-Sampling cell run alone."""
-    from zsampling.trace import expected_network_rows
-
     return expected_network_rows(cell.config(), 1, branches)
 
 

@@ -286,8 +286,10 @@ def check_prompts(model: ModelSpec, kind: str, prompts: Sequence[str], negative:
             raise SpecError(f"negative_prompt: {error}") from None
 
 
-def check_steps(model: ModelSpec, kind: str, steps: Sequence[int]) -> None:
-    """T must not exceed the scheduler's num_train_timesteps (read from configs, no weights)."""
+def check_steps(model: ModelSpec, kind: str, steps: Sequence[int],
+                schedules: Sequence[Sequence[int]] = ()) -> None:
+    """T must not exceed the scheduler's num_train_timesteps, nor a custom list's t_0 reach it (read from
+    configs, no weights)."""
     train = None
     if kind == "demo":
         from zsampling.demo_model import CONFIG_FILE
@@ -314,6 +316,9 @@ def check_steps(model: ModelSpec, kind: str, steps: Sequence[int]) -> None:
         for value in steps:
             if value > train:
                 raise SpecError(f"grid.num_inference_steps: {value} exceeds the model's num_train_timesteps={train}")
+        for timesteps in schedules:
+            if timesteps[0] >= train:
+                raise SpecError(f"grid.timesteps: t_0={timesteps[0]} must be < the model's num_train_timesteps={train}")
 
 
 def build_analytic(options: Mapping[str, Any], dtype: torch.dtype, device: str | torch.device) -> Any:

@@ -40,17 +40,18 @@ from typing import Any
 import pandas as pd
 
 from zsampling.atomic import atomic_write, atomic_write_bytes
-from zsampling.config import KNOBS, LEG_KNOBS
+from zsampling.config import KNOBS, LEG_KNOBS, OPTIONAL_KNOBS, SCHEDULE_KNOB, timesteps_label
 
 RECORD_SCHEMA = "zsampling.sweep.record"
 RECORD_VERSION = 1
 
 SETTINGS_COLUMNS: tuple[str, ...] = ("cell", "model", "method", *KNOBS)
-"""A cell's settings columns; the leg knobs a sweep sets (:data:`~zsampling.config.LEG_KNOBS`) follow them."""
+"""A cell's settings columns; the optional knobs a sweep sets (:data:`~zsampling.config.OPTIONAL_KNOBS`: legs,
+timesteps) follow them."""
 RESULT_COLUMNS: tuple[str, ...] = (
     "cell", "model", "method", "prompt", "prompt_index", "seed", "sample_index", *KNOBS, "nfe", "wall_time_s",
 )
-"""The fixed leading columns of ``results``; the sweep's leg knobs, then per-sample metric columns follow."""
+"""The fixed leading columns of ``results``; the sweep's optional knobs, then per-sample metric columns follow."""
 CELL_COLUMNS: tuple[str, ...] = (*SETTINGS_COLUMNS, "n_samples", "nfe", "wall_time_s")
 """The fixed leading columns of ``cells``; set-level metric columns follow."""
 
@@ -68,7 +69,9 @@ MATCHED_COLUMNS: tuple[str, ...] = (
 )
 """Columns of the ``matched`` table: the derived cell (``cell``, ``method``, T, g, NFE) and its source."""
 
-_STR = ("cell", "model", "method", "prompt", "zag", "zag_eval_timestep")
+_STR = ("cell", "model", "method", "prompt", "zag", "zag_eval_timestep", SCHEDULE_KNOB)
+_UNSET = {SCHEDULE_KNOB: timesteps_label(None)}
+"""An optional knob's value in a record written without it (a leg knob's is NaN: the run's own value)."""
 _INT = ("prompt_index", "seed", "sample_index", "num_inference_steps", "zigzag_steps", "rounds", "nfe", "n_samples")
 _FLOAT = ("guidance_scale", "inversion_guidance_scale", "wall_time_s", *LEG_KNOBS)
 
@@ -181,11 +184,11 @@ def build_tables(records: Iterable[Mapping[str, Any]]) -> tuple[pd.DataFrame, pd
     ordered = _ordered(records)
     sample_metrics = _names(ordered, "sample_metrics")
     set_metrics = _names(ordered, "set_metrics")
-    legs = [knob for knob in LEG_KNOBS if any(knob in record["settings"] for record in ordered)]
+    legs = [knob for knob in OPTIONAL_KNOBS if any(knob in record["settings"] for record in ordered)]
     result_rows, cell_rows = [], []
     for record in ordered:
         settings = record["settings"]
-        leg_values = {knob: settings.get(knob, float("nan")) for knob in legs}
+        leg_values = {knob: settings.get(knob, _UNSET.get(knob, float("nan"))) for knob in legs}
         for row in sorted(record["rows"], key=lambda r: r["sample_index"]):
             values = {column: row[column] if column in row else settings.get(column) for column in RESULT_COLUMNS}
             values.update(leg_values)

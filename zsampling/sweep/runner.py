@@ -56,6 +56,7 @@ from typing import Any
 import torch
 
 from zsampling.api import initial_latents, route_legs, target_schedule
+from zsampling.config import SCHEDULE_KNOB
 from zsampling.devices import resolve_device, torch_dtype
 from zsampling.provenance import package_versions
 from zsampling.sampler import Event, expected_network_rows, guidance_mode, zigzag_sample
@@ -564,8 +565,7 @@ class _Executor:
     def _run_batch(self, group: Group, index: int, chunk: Sequence[Sample], states: dict[int, _UnitState]) -> None:
         target, x, prepare_time = self._prepare(index, chunk)
         units = group.units
-        steps = units[0].cells[0].num_inference_steps
-        schedule = target_schedule(target, steps)
+        schedule = target_schedule(target, units[-1].config)  # a group shares T and the timestep schedule
         recorders = {u.lam: self._recorder(u, target, schedule, chunk) for u in units} if self.spec.trace else {}
         denoiser = self._leg_denoiser(target, units[-1].config, chunk)  # every unit of a group shares its legs
         branches = self.spec.branches
@@ -673,7 +673,8 @@ class _Executor:
         alone_total = 0
         for k, cell in enumerate(unit.cells):
             files: dict[str, str | None] = {"trace": None, "images": None}
-            sweep_meta = {"cell": cell.hash, "settings": cell.settings(), "spec_hash": self.spec.hash,
+            sweep_meta = {"cell": cell.hash, "settings": cell.settings(SCHEDULE_KNOB in self.spec.grid),
+                          "spec_hash": self.spec.hash,
                           "prompt_index": [s.prompt_index for s in self.samples],
                           "seeds": [s.seed for s in self.samples],
                           "sample_index": [s.sample_index for s in self.samples]}
@@ -696,7 +697,7 @@ class _Executor:
             rows = [{**row, "nfe": nfe, "wall_time_s": per_sample} for row in state.rows]
             res.write_record(self.context.out, {
                 "cell": cell.hash,
-                "settings": cell.settings(),
+                "settings": cell.settings(SCHEDULE_KNOB in self.spec.grid),
                 "order": [self.context.generation, cell.index],
                 "spec_hash": self.spec.hash,
                 "session": self.context.session,

@@ -31,6 +31,9 @@ JSON (``.json``) and :func:`parse_spec` validates a mapping into a frozen
       rounds: [1]
       zag: [official]
       zag_eval_timestep: [next]
+      # optional: timesteps: [null, ays-sd15, [999, 800, 600, 400, 200]]  -- null is the scheduler's
+      #   spacing at each T; a name or a list fixes T to its length (DDIM only, with zag: [ddim])
+      # optional, per leg: zig.guidance_scale, zag.lora_scale, step.guidance_embed, ...
     metrics: [alignment, accuracy, nn_distance, frechet_pca]
     trace: {keep: scalars, latent_dtype: float16, downsample: null}   # or false; also
                                         # step_metrics: [alignment], every: 1, decode_every: 5
@@ -75,7 +78,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from zsampling.config import KNOB_DEFAULTS, KNOBS, LEG_KNOBS, ZAG_EVAL_TIMESTEPS, ZAG_OPERATORS
+from zsampling.config import (
+    KNOB_DEFAULTS,
+    KNOBS,
+    LEG_KNOBS,
+    NAMED_TIMESTEPS,
+    OPTIONAL_KNOBS,
+    SCHEDULE_KNOB,
+    ZAG_EVAL_TIMESTEPS,
+    ZAG_OPERATORS,
+    check_timesteps,
+)
 
 SPEC_SCHEMA_VERSION = 1
 
@@ -166,8 +179,8 @@ class SweepSpec:
 
     @property
     def knobs(self) -> tuple[str, ...]:
-        """The grid's knobs: every :data:`KNOBS` entry, then the leg knobs the grid sets."""
-        return (*KNOBS, *(knob for knob in LEG_KNOBS if knob in self.grid))
+        """The grid's knobs: every :data:`KNOBS` entry, then the optional knobs the grid sets (legs, timesteps)."""
+        return (*KNOBS, *(knob for knob in OPTIONAL_KNOBS if knob in self.grid))
 
     @property
     def num_samples(self) -> int:
@@ -254,6 +267,8 @@ def check_knob(key: str, knob: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             raise SpecError(f"{key} must be a finite number or null (no override), got {value!r}")
         return float(value)
+    if knob == SCHEDULE_KNOB:
+        return _check_schedule(key, value)
     if knob in ("num_inference_steps", "rounds"):
         return positive_int(key, value)
     if knob in ("guidance_scale", "inversion_guidance_scale"):
@@ -269,6 +284,19 @@ def check_knob(key: str, knob: str, value: Any) -> Any:
     if knob == "zag":
         return choice(key, value, ZAG_OPERATORS)
     return choice(key, value, ZAG_EVAL_TIMESTEPS)
+
+
+def _check_schedule(key: str, value: Any) -> str | tuple[int, ...] | None:
+    """A ``timesteps`` grid value: null, a name of NAMED_TIMESTEPS or a strictly decreasing list of integers."""
+    if value is None or (isinstance(value, str) and value in NAMED_TIMESTEPS):
+        return value
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise SpecError(f"{key} must be null (the scheduler's spacing), one of {', '.join(NAMED_TIMESTEPS)} or a "
+                        f"list of timesteps, got {value!r}")
+    try:
+        return check_timesteps(value)
+    except ValueError as error:
+        raise SpecError(f"{key}: {error}") from None
 
 
 def plain_json(value: Any) -> Any:

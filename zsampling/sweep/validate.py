@@ -18,9 +18,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from zsampling.config import KNOB_DEFAULTS, KNOBS, LEG_KNOBS
+from zsampling.config import KNOB_DEFAULTS, KNOBS, OPTIONAL_KNOBS, SCHEDULE_KNOB
 from zsampling.devices import DTYPE_NAMES, torch_dtype
 from zsampling.prompts import SHIPPED_PROMPTS, PromptFileError, load_prompts
+from zsampling.schedule import named_timesteps
 from zsampling.sweep import models
 from zsampling.sweep.cells import expand_cells
 from zsampling.sweep.matched import check_matched_spec
@@ -162,12 +163,15 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: str | Path | None = None) -
                 raise SpecError(f"trace.step_metrics[{index}]: unknown per-sample metric {metric!r} for model "
                                 f"{model.name!r}; allowed: {', '.join(per_sample) or 'none'}")
     models.check_metric_files(model, kind, [*metrics, *(trace.step_metrics if trace else ())])
-    models.check_steps(model, kind, grid["num_inference_steps"])
+    schedules = _check_schedules(grid, matched)
+    models.check_steps(model, kind, grid["num_inference_steps"], schedules)
+    step_counts = sorted({*(grid["num_inference_steps"] if None in grid.get(SCHEDULE_KNOB, (None,)) else ()),
+                          *(len(timesteps) for timesteps in schedules)})
     for lam in grid["zigzag_steps"]:
-        for steps in grid["num_inference_steps"]:
+        for steps in step_counts:
             if lam != "full" and lam > steps - 1:
                 raise SpecError(
-                    f"grid.zigzag_steps: lambda={lam} is > T-1={steps - 1} for num_inference_steps={steps}; "
+                    f"grid.zigzag_steps: lambda={lam} is > T-1={steps - 1} for T={steps} steps; "
                     "lambda must be in 0..T-1 for every T of the grid (or 'full' for T-1)"
                 )
     count = len(prompts) if paired else len(prompts) * len(seeds)
@@ -349,11 +353,11 @@ def _parse_seeds(value: Any, num_prompts: int) -> tuple[tuple[int, ...], bool]:
 def _parse_grid(value: Any) -> dict[str, tuple[Any, ...]]:
     if not isinstance(value, Mapping):
         raise SpecError(f"grid must be a mapping of knobs ({', '.join(KNOBS)}) to values, got {value!r}")
-    _check_keys(value, (*KNOBS, *LEG_KNOBS), "grid")
+    _check_keys(value, (*KNOBS, *OPTIONAL_KNOBS), "grid")
     grid: dict[str, tuple[Any, ...]] = {}
-    for knob in (*KNOBS, *(k for k in LEG_KNOBS if k in value)):
+    for knob in (*KNOBS, *(k for k in OPTIONAL_KNOBS if k in value)):
         raw = value.get(knob, KNOB_DEFAULTS.get(knob))
-        items = _expand_values(f"grid.{knob}", raw)
+        items = _schedules(raw) if knob == SCHEDULE_KNOB else _expand_values(f"grid.{knob}", raw)
         checked = [check_knob(f"grid.{knob}[{index}]", knob, item) for index, item in enumerate(items)]
         seen: list[Any] = []
         for index, item in enumerate(checked):
@@ -362,6 +366,34 @@ def _parse_grid(value: Any) -> dict[str, tuple[Any, ...]]:
             seen.append(item)
         grid[knob] = tuple(checked)
     return grid
+
+
+def _check_schedules(grid: Mapping[str, tuple[Any, ...]], matched: bool) -> list[tuple[int, ...]]:
+    """The grid's custom timestep lists (names resolved), refusing what they cannot run with: the
+    "official" zag (its stride is undefined on a list) and matched baselines (which raise T)."""
+    schedules = [named_timesteps(v) if isinstance(v, str) else v for v in grid.get(SCHEDULE_KNOB, ()) if v is not None]
+    if not schedules:
+        return []
+    if "official" in grid["zag"] and any(lam != 0 for lam in grid["zigzag_steps"]):
+        raise SpecError("grid.zag: the 'official' operator reproduces the released code's stride 1000 // T, which a "
+                        "custom timestep list (grid.timesteps) does not have; use zag: [ddim] (the exact inversion)")
+    if matched:
+        raise SpecError("matched_baselines: a matched baseline raises T to spend the Z cell's network rows, which a "
+                        "fixed timestep list (grid.timesteps) cannot; set matched_baselines: false")
+    return schedules
+
+
+def _schedules(raw: Any) -> list[Any]:
+    """The values of ``grid.timesteps``: one name, or a list of schedules (null, names, lists)."""
+    if raw is None or isinstance(raw, str):
+        return [raw]
+    if not isinstance(raw, (list, tuple)) or not raw:
+        raise SpecError(f"grid.timesteps must be a list of schedules (null, a name or a list of timesteps), "
+                        f"got {raw!r}")
+    if all(isinstance(item, numbers.Integral) for item in raw):
+        raise SpecError(f"grid.timesteps must be a list of schedules; one custom list is written in brackets "
+                        f"twice: timesteps: [{list(raw)!r}]")
+    return list(raw)
 
 
 def _expand_values(key: str, raw: Any) -> list[Any]:
