@@ -46,6 +46,7 @@ from analysis.tables import (
     unique_standard,
 )
 from analysis.trajectory import pca_project, trajectory_segments
+from zsampling.atomic import atomic_write, atomic_write_text
 
 
 class SkipFigure(Exception):
@@ -656,11 +657,12 @@ def write_figures(run_dir: str | Path, out: str | Path, *, seed: int = SEED, n_r
             for path in paths:
                 path.unlink(missing_ok=True)
             continue
-        output.figure.savefig(paths[0], dpi=150)
-        output.figure.savefig(paths[1])
-        output.data.to_csv(paths[2], index=False, float_format="%.10g")
+        # each file atomically (zsampling.atomic): a run killed mid-write keeps the previous figure and table
+        atomic_write(paths[0], lambda tmp, fig=output.figure: fig.savefig(tmp, dpi=150, format="png"))
+        atomic_write(paths[1], lambda tmp, fig=output.figure: fig.savefig(tmp, format="pdf"))
+        atomic_write(paths[2], lambda tmp, data=output.data: data.to_csv(tmp, index=False, float_format="%.10g"))
         output.files = paths
-    (out / "index.md").write_text(index_markdown(outputs, run_dir=run_dir, seed=seed, n_resamples=n_resamples))
+    atomic_write_text(out / "index.md", index_markdown(outputs, run_dir=run_dir, seed=seed, n_resamples=n_resamples))
     return outputs
 
 

@@ -1,6 +1,7 @@
 """Atomic writes: an interrupted write leaves the previous file intact and no temporary file, on the paths that
 write results tables, cell records, traces and trace indexes, and on every file a sweep re-run writes (manifest,
-trace, images, record, tables) when it dies inside that writer. (Reproduce's tables: tests/test_reproduce.py.)"""
+trace, images, record, tables) or `zsampling figures` writes (each figure's PNG, PDF and CSV, index.md) when it
+dies inside that writer. (Reproduce's tables: tests/test_reproduce.py.)"""
 
 from __future__ import annotations
 
@@ -150,3 +151,58 @@ def test_an_interrupted_sweep_write_keeps_every_previous_file(tmp_path: Path, mo
     again = run_sweep(spec, out, progress=False)
     assert again.cells_run == (0 if target == "tables" else 1) and lost.is_file()  # "tables": the record was in
     pd.testing.assert_frame_equal(again.results.drop(columns="wall_time_s"), first.results.drop(columns="wall_time_s"))
+
+
+# --------------------------------------------- every file `zsampling figures` writes, interrupted inside its writer
+def _half_then_die(real, suffix: str):
+    """A writer method (``Figure.savefig(self, path, ...)``, ``DataFrame.to_csv(self, path, ...)``,
+    ``Path.write_text(self, text)``) that, when it writes a ``*SUFFIX`` file (or its temporary file), writes the
+    whole content, cuts it to half and dies (a kill midway); any other file is written as usual."""
+
+    def write(self, target, *args, **kwargs):
+        result = real(self, target, *args, **kwargs)
+        tmp = self if isinstance(self, Path) else Path(target)
+        if tmp.name.endswith(suffix) or (tmp.name.endswith(".tmp") and f"{suffix}." in tmp.name):
+            tmp.write_bytes(tmp.read_bytes()[: tmp.stat().st_size // 2])
+            raise Interrupted(f"killed while writing {tmp}")
+        return result
+
+    return write
+
+
+@pytest.mark.parametrize("target", ["png", "pdf", "csv", "index"])
+def test_an_interrupted_figures_write_keeps_every_previous_file(tmp_path: Path, monkeypatch, target: str):
+    """``zsampling figures`` re-run (another bootstrap seed, so every file changes) dies inside one writer (a
+    figure's PNG, PDF or CSV, or index.md at the end): that file and every later one hold the previous run's bytes,
+    no temporary file stays, and a clean re-run then writes the new files."""
+    from matplotlib.figure import Figure
+    from test_analysis_helpers import analytic_grid, build_analytic_run
+
+    from analysis.report import write_figures
+
+    grid = [cell for cell in analytic_grid() if cell["num_inference_steps"] == 10 and cell["zag"] == "official"
+            and cell["rounds"] == 1 and cell["inversion_guidance_scale"] == 0.0]
+    run = build_analytic_run(tmp_path / "run", grid)
+    out, figure = tmp_path / "figures", "metric_vs_lambda"
+    write_figures(run, out, seed=0, n_resamples=200, names=[figure])
+    before = _snapshot(out)
+    order = [f"{figure}.png", f"{figure}.pdf", f"{figure}.csv", "index.md"]
+    assert sorted(before) == sorted(order)
+    with monkeypatch.context() as patch:
+        if target in ("png", "pdf"):
+            patch.setattr(Figure, "savefig", _half_then_die(Figure.savefig, f".{target}"))
+        elif target == "csv":
+            patch.setattr(pd.DataFrame, "to_csv", _half_then_die(pd.DataFrame.to_csv, ".csv"))
+        else:
+            patch.setattr(Path, "write_text", _half_then_die(Path.write_text, "index.md"))
+        with pytest.raises(Interrupted):
+            write_figures(run, out, seed=1, n_resamples=200, names=[figure])
+    # what the re-run wrote legitimately before it died: the files of the writers that come earlier
+    killed = order.index(f"{figure}.{target}" if target != "index" else "index.md")
+    after = _snapshot(out)
+    assert sorted(after) == sorted(order) and no_temporaries(tmp_path)
+    assert {k: after[k] for k in order[killed:]} == {k: before[k] for k in order[killed:]}
+    write_figures(run, out, seed=1, n_resamples=200, names=[figure])
+    again = _snapshot(out)
+    assert again[f"{figure}.csv"] != before[f"{figure}.csv"] and again["index.md"] != before["index.md"]
+    assert no_temporaries(tmp_path)
