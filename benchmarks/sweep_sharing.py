@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from zsampling.atomic import atomic_write_text
 from zsampling.demo_model import DEMO_MODEL_DIR, METRICS_FILE, WEIGHTS_FILE
 from zsampling.sweep import parse_spec, run_sweep
 from zsampling.sweep.results import load_images
@@ -130,7 +131,7 @@ def main() -> None:
               f"{r['rows_alone']} | {r['rows_ratio']:.3f} | {r['time_shared_s']:.2f} | {r['time_alone_s']:.2f} | "
               f"{r['time_ratio']:.3f} | {r['max_abs_difference']:.1e} |")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        atomic_write_text(args.json, json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":
