@@ -37,7 +37,6 @@ metric against NFE for every method.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -58,6 +57,7 @@ from analysis.stats import (
     is_guard,
     mean_interval,
     resampling_unit,
+    seeded_bootstrap,
     summarize,
     wilson_interval,
 )
@@ -319,12 +319,8 @@ def _distance_interval(x: np.ndarray, y: np.ndarray, reference: float, labels: n
     if k < 2:
         value = float(statistic(sx, sy, m))
         return (value, value)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=scipy_stats.DegenerateDataWarning)
-        result = scipy_stats.bootstrap((sx, sy, m), statistic, paired=True, vectorized=True,
-                                       n_resamples=boot["n_resamples"], confidence_level=confidence,
-                                       method="percentile", rng=np.random.default_rng(boot["seed"]))
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+    return seeded_bootstrap((sx, sy, m), statistic, paired=True, confidence=confidence,
+                            n_resamples=boot["n_resamples"], seed=boot["seed"], method="percentile")
 
 
 def wilcoxon_p(diff: Sequence[float] | np.ndarray) -> float:

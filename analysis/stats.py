@@ -117,6 +117,38 @@ def direction_label(metric: str, directions: Mapping[str, bool] | None = None,
     return f"{metric} ({better} is better)"
 
 
+def seeded_bootstrap(
+    data: tuple[np.ndarray, ...],
+    statistic: Callable[..., np.ndarray],
+    *,
+    paired: bool = False,
+    confidence: float = CONFIDENCE,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
+    method: str = BOOTSTRAP_METHOD,
+) -> tuple[float, float]:
+    """The interval of :func:`scipy.stats.bootstrap` of a vectorised ``statistic`` over ``data``, drawn with a
+    fresh ``numpy.random.default_rng(seed)`` (scipy's degenerate-data warning silenced). A non-finite interval
+    from another method (BCa on near-degenerate data) is recomputed with the percentile method."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=stats.DegenerateDataWarning)
+        result = stats.bootstrap(
+            data,
+            statistic,
+            paired=paired,
+            n_resamples=n_resamples,
+            confidence_level=confidence,
+            method=method,
+            vectorized=True,
+            rng=np.random.default_rng(seed),
+        )
+    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    if method != "percentile" and not (math.isfinite(low) and math.isfinite(high)):
+        return seeded_bootstrap(data, statistic, paired=paired, confidence=confidence, n_resamples=n_resamples,
+                                seed=seed, method="percentile")
+    return (low, high)
+
+
 def bootstrap_ci(
     values: Sequence[float] | np.ndarray,
     *,
@@ -150,22 +182,8 @@ def bootstrap_ci(
     if x.size == 1 or np.all(x == x[0]):
         value = float(statistic(x, axis=0))
         return (value, value)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=stats.DegenerateDataWarning)
-        result = stats.bootstrap(
-            (x,),
-            statistic,
-            n_resamples=n_resamples,
-            confidence_level=confidence,
-            method=method,
-            vectorized=True,
-            rng=np.random.default_rng(seed),
-        )
-    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
-    if not (math.isfinite(low) and math.isfinite(high)):  # BCa on near-degenerate data
-        return bootstrap_ci(x, statistic=statistic, confidence=confidence, n_resamples=n_resamples, seed=seed,
-                            method="percentile")
-    return (low, high)
+    return seeded_bootstrap((x,), statistic, confidence=confidence, n_resamples=n_resamples, seed=seed,
+                            method=method)
 
 
 def _cluster_codes(clusters: Sequence[object] | np.ndarray, size: int) -> np.ndarray:
@@ -234,23 +252,8 @@ def cluster_bootstrap_ci(
     if k == 1 or np.allclose(sums / counts, sums[0] / counts[0], rtol=0, atol=0):
         value = float(x.mean())
         return (value, value)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=stats.DegenerateDataWarning)
-        result = stats.bootstrap(
-            (sums, counts),
-            _ratio,
-            paired=True,
-            n_resamples=n_resamples,
-            confidence_level=confidence,
-            method=method,
-            vectorized=True,
-            rng=np.random.default_rng(seed),
-        )
-    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
-    if not (math.isfinite(low) and math.isfinite(high)):  # BCa on near-degenerate data
-        return cluster_bootstrap_ci(x, codes, confidence=confidence, n_resamples=n_resamples, seed=seed,
-                                    method="percentile")
-    return (low, high)
+    return seeded_bootstrap((sums, counts), _ratio, paired=True, confidence=confidence, n_resamples=n_resamples,
+                            seed=seed, method=method)
 
 
 def mean_interval(
