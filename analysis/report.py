@@ -104,6 +104,14 @@ def _per_sample_metrics(results: pd.DataFrame) -> list[str]:
     return metrics
 
 
+def _paired_rows(data: pd.DataFrame, none_paired: str) -> pd.DataFrame:
+    """The comparison rows that paired at least one sample (``n > 0``); SkipFigure(none_paired) if none did."""
+    data = data[data["n"] > 0].reset_index(drop=True)
+    if data.empty:
+        raise SkipFigure(none_paired)
+    return data
+
+
 def reference_cells(results: pd.DataFrame) -> pd.DataFrame:
     """The cells the single-setting figures use, per model and zag operator.
 
@@ -156,7 +164,8 @@ def win_rate_data(run: RunData, seed: int = SEED, n_resamples: int = N_RESAMPLES
     Two comparisons: "same T" (the standard cell with the same T and g1) and,
     when the run has one, "equal NFE" (the standard cell with the fewest
     steps whose NFE is >= Z-Sampling's; see
-    :func:`analysis.compare.cost_matched_pairs`).
+    :func:`analysis.compare.cost_matched_pairs`). Rows that paired no sample
+    are dropped; :class:`SkipFigure` when none is left.
     """
     results = _results(run)
     _zigzag(results)
@@ -189,14 +198,12 @@ def win_rate_data(run: RunData, seed: int = SEED, n_resamples: int = N_RESAMPLES
             frames.append(table)
     if not frames:
         raise SkipFigure("no Z-Sampling cell has a standard cell with the same T and g1 to pair with")
-    data = pd.concat(frames, ignore_index=True)
-    return data[data["n"] > 0].reset_index(drop=True)
+    return _paired_rows(pd.concat(frames, ignore_index=True),
+                        "no paired samples (same prompt_index and seed) between Z-Sampling and standard cells")
 
 
 def _build_win_rate(run: RunData, opts: dict[str, Any]) -> tuple[pd.DataFrame, Figure]:
     data = win_rate_data(run, **opts)
-    if data.empty:
-        raise SkipFigure("no paired samples (same prompt_index and seed) between Z-Sampling and standard cells")
     return data, plots.plot_win_rate(data)
 
 
@@ -403,7 +410,10 @@ def _build_sample_grid(run: RunData, opts: dict[str, Any]) -> tuple[pd.DataFrame
 
 
 def zag_operator_data(run: RunData, seed: int = SEED, n_resamples: int = N_RESAMPLES) -> pd.DataFrame:
-    """Win rate of each DDIM zag variant over "official" for every pair of cells that differ only in the operator."""
+    """Win rate of each DDIM zag variant over "official" for every pair of cells that differ only in the operator.
+
+    Rows that paired no sample are dropped; :class:`SkipFigure` when none is left.
+    """
     results = _results(run)
     zig = _zigzag(results).assign(operator=lambda f: operator_label(f))
     if zig["operator"].nunique() < 2 or "official" not in set(zig["operator"]):
@@ -434,14 +444,12 @@ def zag_operator_data(run: RunData, seed: int = SEED, n_resamples: int = N_RESAM
         table["ddim_cell"] = pair["cell"]
         table["official_cell"] = pair["cell_official"]
         frames.append(table)
-    data = pd.concat(frames, ignore_index=True)
-    return data[data["n"] > 0].reset_index(drop=True)
+    return _paired_rows(pd.concat(frames, ignore_index=True),
+                        "the matched ddim / official cells share no (prompt_index, seed)")
 
 
 def _build_zag_operator(run: RunData, opts: dict[str, Any]) -> tuple[pd.DataFrame, Figure]:
     data = zag_operator_data(run, **opts)
-    if data.empty:
-        raise SkipFigure("the matched ddim / official cells share no (prompt_index, seed)")
     return data, plots.plot_zag_operator(data)
 
 
@@ -463,9 +471,7 @@ def matched_win_rate_data(run: RunData, seed: int = SEED, n_resamples: int = N_R
         data = matched_comparison(results, matched, _per_sample_metrics(results), seed=seed, n_resamples=n_resamples)
     except ValueError as error:
         raise SkipFigure(str(error)) from error
-    data = data[data["n"] > 0].reset_index(drop=True)
-    if data.empty:
-        raise SkipFigure("Z-Sampling and its matched baselines share no (prompt_index, seed)")
+    data = _paired_rows(data, "Z-Sampling and its matched baselines share no (prompt_index, seed)")
     data.insert(0, "comparison", data.apply(short_setting, axis=1))
     return data
 
