@@ -188,15 +188,6 @@ def test_frechet_distance_separates_real_from_noise() -> None:
     assert nn.score(noise[:10]).min() > 1.0
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny 8x8 batches: one torch thread is faster and immune to CPU oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.usefixtures("one_thread")
 def test_zigzag_raises_alignment_over_standard(pipe: DemoPipeline) -> None:
     sample = pytest.importorskip("zsampling").sample

@@ -24,15 +24,6 @@ def pipe() -> DemoPipeline:
     return load_demo_pipeline(family="flow")
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny 8x8 batches: one torch thread is faster and immune to CPU oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_loads_offline_in_under_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     import diffusers  # noqa: F401  (the one-off import of diffusers is not part of loading)

@@ -13,8 +13,6 @@
    ``DDIMInverseScheduler.step(out, t_{i+1}, y)`` as the released code does.
 """
 
-import socket
-
 import pytest
 import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler, HunyuanDiTPipeline
@@ -25,17 +23,7 @@ from zsampling import prepare, sample
 from zsampling.tiny_pipelines import tiny_hunyuan_pipeline
 
 PROMPTS = ["a photo of a cat", "a red bicycle"]
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make every outgoing socket connection raise."""
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError(f"network access attempted: {args[1:]!r}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+pytestmark = pytest.mark.usefixtures("no_network")  # conftest.py: every socket connection raises
 
 
 @pytest.fixture(scope="module", params=["v_prediction", "epsilon"])

@@ -6,7 +6,6 @@ Hugging Face hub fails loudly.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 
 import pytest
@@ -19,17 +18,7 @@ from zsampling.tiny_pipelines import tiny_flux_pipeline, tiny_sd3_pipeline
 PROMPT = "a prompt"
 SIZE = 16
 STEPS = 3
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make every outgoing socket connection raise."""
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError(f"network access attempted: {args[1:]!r}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+pytestmark = pytest.mark.usefixtures("no_network")  # conftest.py: every socket connection raises
 
 
 def _run(pipe: DiffusionPipeline, output_type: str, **kwargs: object) -> object:

@@ -8,7 +8,6 @@ even trying.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -40,17 +39,7 @@ CASES: dict[str, tuple[Callable[..., DiffusionPipeline], type, dict[str, Any], t
     ),
 }
 NAMES = list(CASES)
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make every outgoing socket connection raise."""
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError(f"network access attempted: {args[1:]!r}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+pytestmark = pytest.mark.usefixtures("no_network")  # conftest.py: every socket connection raises
 
 
 @pytest.fixture(scope="module")
