@@ -1,14 +1,15 @@
 """zsampling on real diffusers pipelines (tiny, offline) against diffusers itself.
 
 1. zigzag_steps=0 equals ``pipe(..., output_type="latent")`` with DDIMScheduler.
-2. The "official" operator equals a plain loop written here that calls the
-   pipeline's network, ``DDIMScheduler.step`` and
+2. The "official" operator equals a plain loop (tests/released_loop.py) that
+   calls the pipeline's network, ``DDIMScheduler.step`` and
    ``DDIMInverseScheduler.step(eps, t_{i+1}, y)`` as the released code does.
 """
 
 import pytest
 import torch
-from diffusers import DDIMInverseScheduler, DDIMScheduler
+from diffusers import DDIMScheduler
+from released_loop import released_zigzag
 
 from zsampling import prepare, sample
 from zsampling.legs import DEFAULT_CONDITION
@@ -55,10 +56,6 @@ def released_code_loop(pipe, latents, steps, g1, g2, window, rounds):
     target = prepare(pipe, PROMPTS)
     network = target.denoiser._network
     conditioning = target.denoiser._table(DEFAULT_CONDITION)
-    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    inverse = DDIMInverseScheduler.from_config(pipe.scheduler.config)
-    scheduler.set_timesteps(steps)
-    inverse.set_timesteps(steps)
     both = max(conditioning, key=lambda b: b.count)
 
     def guided(x, t, g):
@@ -66,14 +63,7 @@ def released_code_loop(pipe, latents, steps, g1, g2, window, rounds):
         uncond, cond = out.chunk(2)
         return uncond + g * (cond - uncond)
 
-    timesteps = scheduler.timesteps
-    for i, t in enumerate(timesteps):
-        if i < window:
-            for _ in range(rounds):
-                y = scheduler.step(guided(latents, t, g1), t, latents).prev_sample
-                latents = inverse.step(guided(y, t, g2), timesteps[i + 1], y).prev_sample
-        latents = scheduler.step(guided(latents, t, g1), t, latents).prev_sample
-    return latents
+    return released_zigzag(pipe.scheduler.config, guided, latents, steps, g1, g2, window, rounds)
 
 
 @pytest.mark.parametrize(("window", "rounds", "g2"), [(9, 1, 0.0), (4, 2, 0.0), (9, 1, 1.5)])

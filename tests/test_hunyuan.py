@@ -6,18 +6,19 @@
 2. zigzag_steps=0 equals ``HunyuanDiTPipeline(..., output_type="latent")``
    (with and without a negative prompt; v-prediction as the checkpoint, and
    epsilon).
-3. The "official" operator equals a literal loop written here: the
-   pipeline's own conditioning rebuilt from ``encode_prompt`` (two encoders,
-   image-meta sizes, style, rotary grid), its transformer call with the
-   learned sigma dropped, ``DDIMScheduler.step`` and
+3. The "official" operator equals a literal loop (tests/released_loop.py)
+   on the pipeline's own conditioning, rebuilt here from ``encode_prompt``
+   (two encoders, image-meta sizes, style, rotary grid), its transformer
+   call with the learned sigma dropped, ``DDIMScheduler.step`` and
    ``DDIMInverseScheduler.step(out, t_{i+1}, y)`` as the released code does.
 """
 
 import pytest
 import torch
-from diffusers import DDIMInverseScheduler, DDIMScheduler, HunyuanDiTPipeline
+from diffusers import DDIMScheduler, HunyuanDiTPipeline
 from diffusers.models.embeddings import get_2d_rotary_pos_embed
 from diffusers.pipelines.hunyuandit.pipeline_hunyuandit import get_resize_crop_region_for_grid
+from released_loop import released_zigzag
 
 from zsampling import prepare, sample
 from zsampling.tiny_pipelines import tiny_hunyuan_pipeline
@@ -119,19 +120,8 @@ def pipeline_guided_output(pipe, height=64, width=64):
 
 def released_code_loop(pipe, latents, steps, g1, g2, window, rounds):
     """The released code's zigzag with diffusers' schedulers and Hunyuan-DiT's own network call."""
-    guided = pipeline_guided_output(pipe)
-    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    inverse = DDIMInverseScheduler.from_config(pipe.scheduler.config)
-    scheduler.set_timesteps(steps)
-    inverse.set_timesteps(steps)
-    timesteps = scheduler.timesteps
-    for i, t in enumerate(timesteps):
-        if i < window:
-            for _ in range(rounds):
-                y = scheduler.step(guided(latents, t, g1), t, latents).prev_sample
-                latents = inverse.step(guided(y, t, g2), timesteps[i + 1], y).prev_sample
-        latents = scheduler.step(guided(latents, t, g1), t, latents).prev_sample
-    return latents
+    return released_zigzag(pipe.scheduler.config, pipeline_guided_output(pipe), latents, steps, g1, g2, window,
+                           rounds)
 
 
 def test_the_literal_loop_at_lambda_zero_is_the_pipeline(pipe):
