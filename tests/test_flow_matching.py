@@ -98,22 +98,11 @@ def test_decoded_images_match_the_pipelines(sd3, flux_dev):
 
 
 # ----------------------------------------------------------------------------------------------- literal loops
-def _sd3_loop(pipe, latents, steps, g1, g2, window, rounds, zag_eval="next"):
-    """Z-Sampling on SD3 written out: the pipeline's transformer, diffusers' Euler step for the zig, the
-    reverse Euler formula for the zag."""
-    with torch.no_grad():
-        cond, uncond, pooled, pooled_uncond = pipe.encode_prompt(PROMPTS, None, None, do_classifier_free_guidance=True)
-    scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
-    scheduler.set_timesteps(steps)
+def _euler_zigzag(scheduler, velocity, latents, steps, window, rounds, zag_eval="next"):
+    """The flow zigzag written out on a set-up ``scheduler``: diffusers' Euler step for the zig and the step, the
+    reverse Euler formula for the zag (its velocity at t_{i+1}, or t_i with ``zag_eval="current"``);
+    ``velocity(x, t, leg)`` is the pipeline's for leg "zig", "zag" or "step"."""
     timesteps, sigmas = scheduler.timesteps, scheduler.sigmas
-
-    def velocity(x, t, g):
-        with torch.no_grad():
-            out = pipe.transformer(hidden_states=torch.cat([x, x]), timestep=t.expand(2 * x.shape[0]),
-                                   encoder_hidden_states=torch.cat([uncond, cond]),
-                                   pooled_projections=torch.cat([pooled_uncond, pooled]), return_dict=False)[0]
-        v_u, v_c = out.chunk(2)
-        return v_u + g * (v_c - v_u)
 
     def euler_step(v, i, x):
         scheduler._step_index = i
@@ -122,11 +111,31 @@ def _sd3_loop(pipe, latents, steps, g1, g2, window, rounds, zag_eval="next"):
     for i in range(steps):
         if i < window:
             for _ in range(rounds):
-                y = euler_step(velocity(latents, timesteps[i], g1), i, latents)
+                y = euler_step(velocity(latents, timesteps[i], "zig"), i, latents)
                 s = timesteps[i + 1] if zag_eval == "next" else timesteps[i]
-                latents = y - (sigmas[i + 1] - sigmas[i]) * velocity(y, s, g2)
-        latents = euler_step(velocity(latents, timesteps[i], g1), i, latents)
+                latents = y - (sigmas[i + 1] - sigmas[i]) * velocity(y, s, "zag")
+        latents = euler_step(velocity(latents, timesteps[i], "step"), i, latents)
     return latents
+
+
+def _sd3_loop(pipe, latents, steps, g1, g2, window, rounds, zag_eval="next"):
+    """Z-Sampling on SD3 written out: the pipeline's transformer, diffusers' Euler step for the zig, the
+    reverse Euler formula for the zag."""
+    with torch.no_grad():
+        cond, uncond, pooled, pooled_uncond = pipe.encode_prompt(PROMPTS, None, None, do_classifier_free_guidance=True)
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(steps)
+    guidance = {"zig": g1, "zag": g2, "step": g1}
+
+    def velocity(x, t, leg):
+        with torch.no_grad():
+            out = pipe.transformer(hidden_states=torch.cat([x, x]), timestep=t.expand(2 * x.shape[0]),
+                                   encoder_hidden_states=torch.cat([uncond, cond]),
+                                   pooled_projections=torch.cat([pooled_uncond, pooled]), return_dict=False)[0]
+        v_u, v_c = out.chunk(2)
+        return v_u + guidance[leg] * (v_c - v_u)
+
+    return _euler_zigzag(scheduler, velocity, latents, steps, window, rounds, zag_eval)
 
 
 @pytest.mark.parametrize(("window", "rounds", "g2"), [(9, 1, 0.0), (4, 2, 0.0), (9, 1, 1.5)])
@@ -165,7 +174,6 @@ def _flux_loop(pipe, latents, steps, legs, window, rounds):
     mu = calculate_shift(latents.shape[1], config.base_image_seq_len, config.max_image_seq_len, config.base_shift,
                          config.max_shift)
     scheduler.set_timesteps(steps, sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
-    timesteps, sigmas = scheduler.timesteps, scheduler.sigmas
 
     def velocity(x, t, leg):
         embed, mix = legs[leg]
@@ -180,17 +188,7 @@ def _flux_loop(pipe, latents, steps, legs, window, rounds):
                                     guidance=guidance, pooled_projections=p, encoder_hidden_states=c,
                                     txt_ids=text_ids, img_ids=image_ids, return_dict=False)[0]
 
-    def euler_step(v, i, x):
-        scheduler._step_index = i
-        return scheduler.step(v, timesteps[i], x).prev_sample
-
-    for i in range(steps):
-        if i < window:
-            for _ in range(rounds):
-                y = euler_step(velocity(latents, timesteps[i], "zig"), i, latents)
-                latents = y - (sigmas[i + 1] - sigmas[i]) * velocity(y, timesteps[i + 1], "zag")
-        latents = euler_step(velocity(latents, timesteps[i], "step"), i, latents)
-    return latents
+    return _euler_zigzag(scheduler, velocity, latents, steps, window, rounds)
 
 
 def test_guidance_embedding_gap_on_flux_dev_equals_a_literal_loop(flux_dev):
