@@ -46,7 +46,7 @@ from analysis.tables import (
     unique_standard,
 )
 from analysis.trajectory import pca_project, trajectory_segments
-from zsampling.atomic import atomic_write, atomic_write_text
+from zsampling.atomic import atomic_save_figure, atomic_write_csv, atomic_write_text
 
 
 class SkipFigure(Exception):
@@ -664,9 +664,9 @@ def write_figures(run_dir: str | Path, out: str | Path, *, seed: int = SEED, n_r
                 path.unlink(missing_ok=True)
             continue
         # each file atomically (zsampling.atomic): a run killed mid-write keeps the previous figure and table
-        atomic_write(paths[0], lambda tmp, fig=output.figure: fig.savefig(tmp, dpi=150, format="png"))
-        atomic_write(paths[1], lambda tmp, fig=output.figure: fig.savefig(tmp, format="pdf"))
-        atomic_write(paths[2], lambda tmp, data=output.data: data.to_csv(tmp, index=False, float_format="%.10g"))
+        atomic_save_figure(paths[0], output.figure, dpi=150)
+        atomic_save_figure(paths[1], output.figure)
+        atomic_write_csv(paths[2], output.data, index=False, float_format="%.10g")
         output.files = paths
     atomic_write_text(out / "index.md", index_markdown(outputs, run_dir=run_dir, seed=seed, n_resamples=n_resamples))
     return outputs

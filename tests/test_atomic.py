@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from zsampling.atomic import atomic_write, atomic_write_text
+from zsampling.atomic import atomic_save_figure, atomic_write, atomic_write_csv, atomic_write_text
 
 
 class Interrupted(RuntimeError):
@@ -206,3 +206,15 @@ def test_an_interrupted_figures_write_keeps_every_previous_file(tmp_path: Path, 
     again = _snapshot(out)
     assert again[f"{figure}.csv"] != before[f"{figure}.csv"] and again["index.md"] != before["index.md"]
     assert no_temporaries(tmp_path)
+
+
+def test_table_and_figure_helpers_write_the_format_their_suffix_names(tmp_path: Path):
+    from matplotlib.figure import Figure
+
+    figure = Figure()
+    figure.add_subplot().plot([0, 1], [1, 0])
+    assert atomic_save_figure(tmp_path / "f.pdf", figure).read_bytes()[:4] == b"%PDF"
+    assert atomic_save_figure(tmp_path / "f.png", figure, dpi=50).read_bytes()[:4] == b"\x89PNG"
+    frame = pd.DataFrame({"a": [1.23456, 2.0]})
+    written = atomic_write_csv(tmp_path / "t.csv", frame, index=False, float_format="%.2f").read_text()
+    assert written == "a\n1.23\n2.00\n" and no_temporaries(tmp_path)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
@@ -40,3 +41,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_csv(path: str | Path, frame: Any, **to_csv: Any) -> Path:
+    """Write a pandas DataFrame as CSV to ``path`` atomically (``to_csv`` keywords, e.g. ``index=False``)."""
+    return atomic_write(path, lambda tmp: frame.to_csv(tmp, **to_csv))
+
+
+def atomic_save_figure(path: str | Path, figure: Any, **savefig: Any) -> Path:
+    """Save a matplotlib figure to ``path`` atomically, in the format its suffix names (".png", ".pdf")."""
+    path = Path(path)
+    return atomic_write(path, lambda tmp: figure.savefig(tmp, format=path.suffix.lstrip("."), **savefig))

@@ -44,7 +44,7 @@ from typing import Any
 
 import pandas as pd
 
-from zsampling.atomic import atomic_write, atomic_write_text
+from zsampling.atomic import atomic_write_csv, atomic_write_text
 
 GUIDANCE = 0.75
 STEPS = 25
@@ -212,7 +212,7 @@ def run_demo(
         from analysis.references import frechet_table
 
         summary = summarize_demo(result.results, result.cells, fidelity=frechet_table(load_run(out)), family=family)
-    atomic_write(out / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False, float_format="%.4f"))
+    atomic_write_csv(out / "summary.csv", summary, index=False, float_format="%.4f")
     if figures:
         from analysis import write_figures
 

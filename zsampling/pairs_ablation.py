@@ -29,6 +29,8 @@ from typing import Any
 
 import pandas as pd
 
+from zsampling.atomic import atomic_write_csv
+
 GUIDANCE = 2.0
 """g1 of the ablation: a guidance where plain CFG still makes binding errors."""
 STEPS = 25
@@ -108,10 +110,10 @@ def run_pairs_demo(
         result = run_sweep(spec, out, extend=True, progress=progress)
     assert result is not None and result.results is not None
     summary = summarize_pairs(result.results)
-    summary.to_csv(out / "summary.csv", index=False, float_format="%.4f")
+    atomic_write_csv(out / "summary.csv", summary, index=False, float_format="%.4f")
     matched = pd.read_parquet(out / "matched.parquet")
-    matched_prompt_comparison(result.results, matched).to_csv(out / "matched_prompts.csv", index=False,
-                                                              float_format="%.4f")
+    atomic_write_csv(out / "matched_prompts.csv", matched_prompt_comparison(result.results, matched), index=False,
+                     float_format="%.4f")
     return summary
 
 

@@ -30,6 +30,7 @@ from analysis.attribution import (
     plot_attribution,
     relation_parts,
 )
+from zsampling.atomic import atomic_save_figure, atomic_write_csv
 from zsampling.schedule import DDIMSchedule
 from zsampling.trace.attribution import PartAttributionRecorder
 
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     matched = pd.read_parquet(args.run_dir / "matched.parquet")
     args.out.mkdir(parents=True, exist_ok=True)
     comparison = matched_prompt_comparison(results, matched)
-    comparison.to_csv(args.out / "pairs_matched.csv", index=False, float_format="%.4f")
+    atomic_write_csv(args.out / "pairs_matched.csv", comparison, index=False, float_format="%.4f")
     measured = results[results["method"] == "cfg_matched_measured"].iloc[0]
     prompts = [q for q in PROMPTS if is_relation_prompt(q)]
     frame, outcomes = attribution_runs(
@@ -117,11 +118,11 @@ def main(argv: list[str] | None = None) -> None:
         matched_scale=float(measured["guidance_scale"]), matched_steps=int(measured["num_inference_steps"]),
         seeds=args.seeds, scorer=pair_scores)
     table = attribution_table(frame, outcomes)
-    table.to_csv(args.out / "pairs_attribution.csv", index=False, float_format="%.4f")
+    atomic_write_csv(args.out / "pairs_attribution.csv", table, index=False, float_format="%.4f")
     fig = plot_attribution(cumulative_gain(frame), title="Pairs world: what each reflection (or the matched CFG's "
                            f"extra guidance over g1 = {GUIDANCE:g}) injects, per prompt part")
-    fig.savefig(args.out / "pairs_attribution.png", dpi=150, bbox_inches="tight")
-    fig.savefig(args.out / "pairs_attribution.pdf", bbox_inches="tight")
+    atomic_save_figure(args.out / "pairs_attribution.png", fig, dpi=150, bbox_inches="tight")
+    atomic_save_figure(args.out / "pairs_attribution.pdf", fig, bbox_inches="tight")
 
 
 if __name__ == "__main__":
