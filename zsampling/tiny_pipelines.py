@@ -97,6 +97,10 @@ _CLIP_MAX_LENGTH = 77
 # PixArt-alpha's default ``max_sequence_length``.
 _T5_MAX_LENGTH = 120
 
+# SD3's and Flux's CLIP encoders: the fast-test CLIP cut to two layers, with
+# a 32-wide projection (overrides for :func:`_clip_text_config`).
+_FLOW_CLIP_SIZES: dict[str, object] = {"num_hidden_layers": 2, "projection_dim": 32}
+
 _Pipe = TypeVar("_Pipe", bound=DiffusionPipeline)
 
 _CLIP_BOS = "<|startoftext|>"
@@ -148,6 +152,25 @@ def _tiny_vae(seed: int) -> AutoencoderKL:
             latent_channels=4,
             norm_num_groups=2,
             sample_size=64,
+        )
+
+
+def _tiny_unet(seed: int, **sizes: object) -> UNet2DConditionModel:
+    """The SD-family UNet of :func:`tiny_sd_pipeline` and :func:`tiny_sdxl_pipeline`.
+
+    Both are the same two-level network over 32x32, 4-channel latents (a plain
+    down/up block around a cross-attention pair); ``sizes`` sets what differs
+    between the families (widths, layers, cross-attention width, SDXL's
+    ``text_time`` conditioning).
+    """
+    with _seeded(seed):
+        return UNet2DConditionModel(
+            sample_size=32,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            **sizes,
         )
 
 
@@ -261,6 +284,21 @@ def _tiny_t5_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
+def _tiny_t5_encoder(seed: int, num_layers: int = 2, **overrides: object) -> T5EncoderModel:
+    """T5 encoder (width 32, 4 heads) over the vocabulary of :func:`_tiny_t5_tokenizer`.
+
+    ``num_layers`` deep: 2 for the SD3, Flux and Hunyuan-DiT pipelines, 5 for
+    PixArt's; ``overrides`` are further ``T5Config`` fields. The special ids
+    (``<pad>`` 0, also the decoder start, ``</s>`` 1) are the tokenizer's.
+    """
+    config = T5Config(
+        vocab_size=_TEXT_VOCAB_SIZE, d_model=32, d_kv=8, d_ff=37, num_layers=num_layers, num_heads=4,
+        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, **overrides,
+    )
+    with _seeded(seed):
+        return T5EncoderModel(config)
+
+
 def _finish(pipe: _Pipe) -> _Pipe:
     """float32 (even under another default dtype), eval mode, no progress bars.
 
@@ -295,18 +333,7 @@ def tiny_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         A float32 pipeline on CPU, all networks in eval mode, progress bar off.
     """
     tokenizer = _tiny_clip_tokenizer()
-    with _seeded(seed):
-        unet = UNet2DConditionModel(
-            block_out_channels=(4, 8),
-            layers_per_block=1,
-            sample_size=32,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=32,
-            norm_num_groups=2,
-        )
+    unet = _tiny_unet(seed, block_out_channels=(4, 8), layers_per_block=1, cross_attention_dim=32, norm_num_groups=2)
     vae = _tiny_vae(seed)
     with _seeded(seed):
         text_encoder = CLIPTextModel(_clip_text_config(tokenizer))
@@ -344,24 +371,19 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     """
     tokenizer = _tiny_clip_tokenizer()
     tokenizer_2 = _tiny_clip_tokenizer()
-    with _seeded(seed):
-        unet = UNet2DConditionModel(
-            block_out_channels=(2, 4),
-            layers_per_block=2,
-            sample_size=32,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            attention_head_dim=(2, 4),
-            use_linear_projection=True,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=8,
-            transformer_layers_per_block=(1, 2),
-            projection_class_embeddings_input_dim=80,  # 6 * 8 + 32
-            cross_attention_dim=64,
-            norm_num_groups=1,
-        )
+    unet = _tiny_unet(
+        seed,
+        block_out_channels=(2, 4),
+        layers_per_block=2,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=80,  # 6 * 8 + 32
+        cross_attention_dim=64,
+        norm_num_groups=1,
+    )
     vae = _tiny_vae(seed)
     text_config = _clip_text_config(tokenizer, hidden_act="gelu", projection_dim=32)
     with _seeded(seed):
@@ -424,39 +446,14 @@ def tiny_pixart_pipeline(seed: int = 0) -> PixArtAlphaPipeline:
             norm_eps=1e-6,
         )
     vae = _tiny_vae(seed)
-    text_config = T5Config(
-        vocab_size=_TEXT_VOCAB_SIZE,
-        d_model=32,
-        d_kv=8,
-        d_ff=37,
-        num_layers=5,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        dropout_rate=0.0,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.pad_token_id,
-    )
-    with _seeded(seed):
-        text_encoder = T5EncoderModel(text_config)
     pipe = PixArtAlphaPipeline(
         tokenizer=tokenizer,
-        text_encoder=text_encoder,
+        text_encoder=_tiny_t5_encoder(seed, num_layers=5, dropout_rate=0.0),
         vae=vae,
         transformer=transformer,
         scheduler=_ddim_scheduler(),
     )
     return _finish(pipe)
-
-
-
-def _tiny_t5_encoder(seed: int) -> T5EncoderModel:
-    """Two-layer T5 encoder (width 32) over the tiny T5 vocabulary."""
-    with _seeded(seed):
-        return T5EncoderModel(T5Config(
-            vocab_size=_TEXT_VOCAB_SIZE, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-            relative_attention_num_buckets=8, decoder_start_token_id=0,
-        ))
 
 
 def _tiny_flow_vae(seed: int) -> AutoencoderKL:
@@ -479,14 +476,13 @@ def tiny_sd3_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
     config). Default size 32x32 pixels, latents ``(B, 4, 32, 32)``.
     """
     tokenizer = _tiny_clip_tokenizer()
-    clip = dict(hidden_size=32, projection_dim=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2)
     with _seeded(seed):
         transformer = SD3Transformer2DModel(
             sample_size=32, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=4,
             caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=64, out_channels=4,
         )
-        text_encoder = CLIPTextModelWithProjection(_clip_text_config(tokenizer, **clip))
-        text_encoder_2 = CLIPTextModelWithProjection(_clip_text_config(tokenizer, **clip))
+        text_encoder = CLIPTextModelWithProjection(_clip_text_config(tokenizer, **_FLOW_CLIP_SIZES))
+        text_encoder_2 = CLIPTextModelWithProjection(_clip_text_config(tokenizer, **_FLOW_CLIP_SIZES))
     return _finish(StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_tiny_flow_vae(seed),
         text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
@@ -511,10 +507,7 @@ def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True) -> FluxPipel
             num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
             guidance_embeds=guidance_embeds,
         )
-        text_encoder = CLIPTextModel(_clip_text_config(
-            tokenizer, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-            projection_dim=32,
-        ))
+        text_encoder = CLIPTextModel(_clip_text_config(tokenizer, **_FLOW_CLIP_SIZES))
     scheduler = FlowMatchEulerDiscreteScheduler(
         use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096,
         shift=3.0,
