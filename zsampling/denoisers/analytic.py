@@ -61,7 +61,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -339,16 +339,12 @@ class GaussianMixtureModel:
     def log_prob(self, x: torch.Tensor, t: int | None = None, components: Components = None, *,
                  alpha_bar: float | None = None) -> torch.Tensor:
         """log p_t(x) of the (restricted) noised mixture, float64, shape (B,). t = None: the clean data."""
-        noised = self._noised(self.alpha_bar(t, alpha_bar=alpha_bar))
-        log_n, _ = self._component_terms(self._as_points(x), noised)
-        return torch.logsumexp(log_n + self._log_weights(components), dim=1)
+        return self._log_prob_at(x, self._noised(self.alpha_bar(t, alpha_bar=alpha_bar)), components)
 
     def score(self, x: torch.Tensor, t: int | None = None, components: Components = None, *,
               alpha_bar: float | None = None) -> torch.Tensor:
         """grad_x log p_t(x) in closed form, float64, shape (B, d)."""
-        noised = self._noised(self.alpha_bar(t, alpha_bar=alpha_bar))
-        log_n, whitened = self._component_terms(self._as_points(x), noised)
-        return -_mix(log_n, whitened, self._log_weights(components)[None])
+        return self._score_at(x, self._noised(self.alpha_bar(t, alpha_bar=alpha_bar)), components)
 
     def eps(self, x: torch.Tensor, t: int, components: Components = None) -> torch.Tensor:
         """The exact noise prediction ``-sqrt(1 - ab[t]) grad log p_t(x)`` in x's dtype, shape (B, d)."""
@@ -376,13 +372,7 @@ class GaussianMixtureModel:
         with ``m_k = sqrt(a) mu_k``, ``S_k = a Sigma_k + (1 - a) I``.
         """
         a = self.alpha_bar(t, alpha_bar=alpha_bar)
-        w = torch.exp(self._log_weights(components))
-        m = math.sqrt(a) * self.means
-        eye = torch.eye(self.dim, dtype=torch.float64, device=self.device)
-        s = a * self.covariances + (1.0 - a) * eye
-        mean = w @ m
-        second = torch.einsum("k,kij->ij", w, s + m[:, :, None] * m[:, None, :])
-        return mean, second - torch.outer(mean, mean)
+        return self._moments_at(components, math.sqrt(a), a, 1.0 - a)
 
     def sample_data(self, n: int, component: Components = None,
                     generator: torch.Generator | None = None) -> torch.Tensor:
@@ -486,6 +476,33 @@ class GaussianMixtureModel:
             )
         return self._cache[key]
 
+    def _log_prob_at(self, x: torch.Tensor, noised: _Noised, components: Components) -> torch.Tensor:
+        """log p(x) of the (restricted) mixture at a resolved noise level (B,): the one
+        computation behind both families' ``log_prob``, which differ only in how they
+        name the level (DDIM's t / alpha_bar, flow matching's t / sigma)."""
+        log_n, _ = self._component_terms(self._as_points(x), noised)
+        return torch.logsumexp(log_n + self._log_weights(components), dim=1)
+
+    def _score_at(self, x: torch.Tensor, noised: _Noised, components: Components) -> torch.Tensor:
+        """grad_x log p(x) of the (restricted) mixture at a resolved noise level (B, d),
+        shared by both families' ``score``."""
+        log_n, whitened = self._component_terms(self._as_points(x), noised)
+        return -_mix(log_n, whitened, self._log_weights(components)[None])
+
+    def _moments_at(self, components: Components, data_scale: float, data_var: float,
+                    noise_var: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and covariance of the (restricted) mixture of ``x = c x0 + s n``, shared by both
+        families' ``moments``: ``mean = sum_k w_k m_k``, ``cov = sum_k w_k (S_k + m_k m_k^T) -
+        mean mean^T`` with ``m_k = c mu_k``, ``S_k = c^2 Sigma_k + s^2 I`` (arguments as for
+        :meth:`_level`)."""
+        w = torch.exp(self._log_weights(components))
+        m = data_scale * self.means
+        eye = torch.eye(self.dim, dtype=torch.float64, device=self.device)
+        cov = data_var * self.covariances + noise_var * eye
+        mean = w @ m
+        second = torch.einsum("k,kij->ij", w, cov + m[:, :, None] * m[:, None, :])
+        return mean, second - torch.outer(mean, mean)
+
     @staticmethod
     def _component_terms(x: torch.Tensor, noised: _Noised) -> tuple[torch.Tensor, torch.Tensor]:
         """log N_k(x) (B, K) and S_k^{-1}(x - m_k) (B, K, d), shared by every branch."""
@@ -495,14 +512,17 @@ class GaussianMixtureModel:
         return log_n.T, whitened.transpose(0, 1)
 
 
-class GaussianMixtureDenoiser:
-    """The exact eps_u / eps_c of a :class:`GaussianMixtureModel` for encoded prompts.
+class _MixtureDenoiser:
+    """The :class:`~zsampling.denoisers.base.Denoiser` plumbing both exact mixture denoisers share.
 
-    Implements the :class:`~zsampling.denoisers.base.Denoiser` protocol: it
-    computes only the requested branches and counts ``network_rows`` as a
-    network would (batch x branches per call), so NFE accounting on this model
-    matches a real pipeline's.
+    Holds the encoded (log-weight) prompt rows, checks each call against the
+    encoded batch, computes only the requested branches and counts
+    ``network_rows`` as a network would (batch x branches per call), so NFE
+    accounting on these models matches a real pipeline's. The families differ
+    only in what a branch is (eps or velocity): :meth:`_predictor`.
     """
+
+    model: GaussianMixtureModel
 
     def __init__(self, model: GaussianMixtureModel, uncond_log_weights: torch.Tensor,
                  cond_log_weights: torch.Tensor) -> None:
@@ -510,21 +530,38 @@ class GaussianMixtureDenoiser:
         self._log_weights = {"uncond": uncond_log_weights, "cond": cond_log_weights}
         self.network_rows = 0
 
-    def __call__(self, x: torch.Tensor, t: int, branches: Branches) -> EpsPair:
+    def __call__(self, x: torch.Tensor, t: float, branches: Branches) -> EpsPair:
         batch = _check_call(x, branches, self._log_weights["cond"].shape[0], self.model.dim)
-        a = self.model.alpha_bar(int(t))
-        log_n, whitened = self.model._component_terms(self.model._as_points(x), self.model._noised(a))
-        scale = math.sqrt(1.0 - a)
+        predict = self._predictor(x, t)
 
         def branch(name: str) -> torch.Tensor:
-            eps = scale * _mix(log_n, whitened, self._log_weights[name])
-            return eps.to(device=x.device, dtype=x.dtype)
+            return predict(self._log_weights[name]).to(device=x.device, dtype=x.dtype)
 
         self.network_rows += batch * branches.count
         return EpsPair(
             uncond=branch("uncond") if branches.uncond else None,
             cond=branch("cond") if branches.cond else None,
         )
+
+    def _predictor(self, x: torch.Tensor, t: float) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The float64 prediction at (x, t) as a function of one branch's log-weight rows (B, K)."""
+        raise NotImplementedError
+
+
+class GaussianMixtureDenoiser(_MixtureDenoiser):
+    """The exact eps_u / eps_c of a :class:`GaussianMixtureModel` for encoded prompts.
+
+    Implements the :class:`~zsampling.denoisers.base.Denoiser` protocol: ``t``
+    is an integer training timestep; only the requested branches are computed
+    and ``network_rows`` counts batch x branches per call.
+    """
+
+    def _predictor(self, x: torch.Tensor, t: float) -> Callable[[torch.Tensor], torch.Tensor]:
+        """eps = sqrt(1 - a) sum_k r_k S_k^{-1}(x - m_k) at a = ab[t]."""
+        a = self.model.alpha_bar(int(t))
+        log_n, whitened = self.model._component_terms(self.model._as_points(x), self.model._noised(a))
+        scale = math.sqrt(1.0 - a)
+        return lambda log_weights: scale * _mix(log_n, whitened, log_weights)
 
 
 @dataclass
@@ -719,16 +756,12 @@ class FlowGaussianMixtureModel(GaussianMixtureModel):
     def log_prob(self, x: torch.Tensor, t: float | None = None, components: Components = None, *,
                  sigma: float | None = None) -> torch.Tensor:
         """log p_sigma(x) of the (restricted) noised mixture, float64, shape (B,). No level: the clean data."""
-        noised = self._flow_noised(self.sigma(t, sigma=sigma))
-        log_n, _ = self._component_terms(self._as_points(x), noised)
-        return torch.logsumexp(log_n + self._log_weights(components), dim=1)
+        return self._log_prob_at(x, self._flow_noised(self.sigma(t, sigma=sigma)), components)
 
     def score(self, x: torch.Tensor, t: float | None = None, components: Components = None, *,
               sigma: float | None = None) -> torch.Tensor:
         """grad_x log p_sigma(x) in closed form, float64, shape (B, d)."""
-        noised = self._flow_noised(self.sigma(t, sigma=sigma))
-        log_n, whitened = self._component_terms(self._as_points(x), noised)
-        return -_mix(log_n, whitened, self._log_weights(components)[None])
+        return self._score_at(x, self._flow_noised(self.sigma(t, sigma=sigma)), components)
 
     def eps(self, x: torch.Tensor, t: float | None = None, components: Components = None, *,
             sigma: float | None = None) -> torch.Tensor:
@@ -754,20 +787,14 @@ class FlowGaussianMixtureModel(GaussianMixtureModel):
                 sigma: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean (d,) and covariance (d, d) of the (restricted) mixture at sigma (clean data by default), float64."""
         s = self.sigma(t, sigma=sigma)
-        w = torch.exp(self._log_weights(components))
-        m = (1.0 - s) * self.means
-        eye = torch.eye(self.dim, dtype=torch.float64, device=self.device)
-        cov = (1.0 - s) ** 2 * self.covariances + s * s * eye
-        mean = w @ m
-        second = torch.einsum("k,kij->ij", w, cov + m[:, :, None] * m[:, None, :])
-        return mean, second - torch.outer(mean, mean)
+        return self._moments_at(components, 1.0 - s, (1.0 - s) ** 2, s * s)
 
     def _make_denoiser(self, uncond: torch.Tensor, cond: torch.Tensor) -> FlowGaussianMixtureDenoiser:
         """The exact-velocity denoiser for encoded (log-weight) prompt rows."""
         return FlowGaussianMixtureDenoiser(self, uncond, cond)
 
 
-class FlowGaussianMixtureDenoiser:
+class FlowGaussianMixtureDenoiser(_MixtureDenoiser):
     """The exact velocities v_u / v_c of a :class:`FlowGaussianMixtureModel` for encoded prompts.
 
     The :class:`~zsampling.denoisers.base.Denoiser` protocol with the flow
@@ -777,26 +804,14 @@ class FlowGaussianMixtureDenoiser:
     branches per call.
     """
 
-    def __init__(self, model: FlowGaussianMixtureModel, uncond_log_weights: torch.Tensor,
-                 cond_log_weights: torch.Tensor) -> None:
-        self.model = model
-        self._log_weights = {"uncond": uncond_log_weights, "cond": cond_log_weights}
-        self.network_rows = 0
+    model: FlowGaussianMixtureModel
 
-    def __call__(self, x: torch.Tensor, t: float, branches: Branches) -> EpsPair:
-        batch = _check_call(x, branches, self._log_weights["cond"].shape[0], self.model.dim)
+    def _predictor(self, x: torch.Tensor, t: float) -> Callable[[torch.Tensor], torch.Tensor]:
+        """v = sum_k r_k v_k (:meth:`FlowGaussianMixtureModel._velocity_terms`) at sigma = t / T."""
         sigma = self.model.sigma(float(t))
         log_n, whitened = self.model._component_terms(self.model._as_points(x), self.model._flow_noised(sigma))
         terms = self.model._velocity_terms(whitened, sigma)
-
-        def branch(name: str) -> torch.Tensor:
-            return _mix(log_n, terms, self._log_weights[name]).to(device=x.device, dtype=x.dtype)
-
-        self.network_rows += batch * branches.count
-        return EpsPair(
-            uncond=branch("uncond") if branches.uncond else None,
-            cond=branch("cond") if branches.cond else None,
-        )
+        return lambda log_weights: _mix(log_n, terms, log_weights)
 
 
 def _make_flow_scheduler(
