@@ -51,6 +51,33 @@ def load_or_explain(
         ) from error
 
 
+def load_tokenizer(
+    tokenizer: Any,
+    *,
+    scorer: str,
+    what: str,
+    hub_id: str,
+    argument: str,
+    local_files_only: bool = False,
+) -> Any:
+    """``tokenizer`` itself, or ``AutoTokenizer.from_pretrained`` of it when it
+    is a local directory or hub id (a ``str`` or ``Path``).
+
+    The scorers take a tokenizer object or where to load one; loading goes
+    through :func:`load_or_explain`, so an unavailable one raises
+    :class:`MissingWeightsError` naming ``hub_id`` and the ``argument`` to pass.
+    """
+    if not isinstance(tokenizer, (str, Path)):
+        return tokenizer
+    from transformers import AutoTokenizer
+
+    source = str(tokenizer)
+    return load_or_explain(
+        lambda: AutoTokenizer.from_pretrained(source, local_files_only=local_files_only),
+        scorer=scorer, what=what, source=source, hub_id=hub_id, argument=argument,
+    )
+
+
 def resolve_file(
     source: str | Path,
     filename: str,

@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 import torch
 
 from zsampling.devices import resolve_device
-from zsampling.metrics.scorers._loading import load_or_explain
+from zsampling.metrics.scorers._loading import load_or_explain, load_tokenizer
 from zsampling.metrics.scorers.images import (
     ImagePreprocess,
     check_prompts,
@@ -281,7 +281,7 @@ class CLIPImageTextScorer:
     ) -> tuple[torch.nn.Module, Any, Any]:
         """(CLIPModel, tokenizer, image-processor config or None), with
         :class:`MissingWeightsError` naming the hub id when unavailable."""
-        from transformers import AutoTokenizer, CLIPModel
+        from transformers import CLIPModel
 
         processor = processor or model
         clip = load_or_explain(
@@ -289,11 +289,9 @@ class CLIPImageTextScorer:
             scorer=cls.__name__, what="CLIP weights", source=model, hub_id=cls.default_model or model,
             argument=argument,
         )
-        tokenizer = load_or_explain(
-            lambda: AutoTokenizer.from_pretrained(processor, local_files_only=local_files_only),
-            scorer=cls.__name__, what="tokenizer", source=processor,
-            hub_id=cls.default_processor or cls.default_model or processor, argument="processor",
-        )
+        tokenizer = load_tokenizer(processor, scorer=cls.__name__, what="tokenizer",
+                                   hub_id=cls.default_processor or cls.default_model or processor,
+                                   argument="processor", local_files_only=local_files_only)
         image_config = _image_processor_config(processor, local_files_only)
         return clip, tokenizer, image_config
 

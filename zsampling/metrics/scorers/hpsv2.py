@@ -60,8 +60,8 @@ import torch
 from zsampling.devices import resolve_device
 from zsampling.metrics.scorers._loading import (
     build_with_state_dict,
-    load_or_explain,
     load_state_dict_file,
+    load_tokenizer,
     resolve_file,
 )
 from zsampling.metrics.scorers.clip import CLIPImageTextScorer, _vision_image_size
@@ -241,15 +241,8 @@ class HPSv2(CLIPImageTextScorer):
         path = resolve_file(checkpoint if checkpoint is not None else HPSV2_HUB_ID, filename, scorer=cls.__name__,
                             what=f"HPSv2 {version} checkpoint", hub_id=HPSV2_HUB_ID, argument="checkpoint",
                             local_files_only=local_files_only)
-        if isinstance(tokenizer, (str, Path)):
-            from transformers import AutoTokenizer
-
-            source = str(tokenizer)
-            tokenizer = load_or_explain(
-                lambda: AutoTokenizer.from_pretrained(source, local_files_only=local_files_only),
-                scorer=cls.__name__, what="CLIP tokenizer", source=source, hub_id=HPSV2_TOKENIZER,
-                argument="tokenizer",
-            )
+        tokenizer = load_tokenizer(tokenizer, scorer=cls.__name__, what="CLIP tokenizer", hub_id=HPSV2_TOKENIZER,
+                                   argument="tokenizer", local_files_only=local_files_only)
         model = clip_from_open_clip(load_state_dict_file(path), config if config is not None else vit_h14_config())
         device = resolve_device(device)
         kwargs.setdefault("name", "hpsv2" if version == "v2.0" else "hpsv2.1")

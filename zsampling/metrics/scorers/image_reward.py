@@ -61,8 +61,8 @@ from torch import nn
 from zsampling.devices import resolve_device
 from zsampling.metrics.scorers._loading import (
     build_with_state_dict,
-    load_or_explain,
     load_state_dict_file,
+    load_tokenizer,
     resolve_file,
 )
 from zsampling.metrics.scorers.clip import ImageBatcher, _check_batch_size, place_model
@@ -308,15 +308,9 @@ class ImageReward:
         """
         path = resolve_file(checkpoint, IMAGE_REWARD_FILE, scorer=cls.__name__, what="ImageReward checkpoint",
                             hub_id=IMAGE_REWARD_HUB_ID, argument="checkpoint", local_files_only=local_files_only)
-        if isinstance(tokenizer, (str, Path)):
-            from transformers import AutoTokenizer
-
-            source = str(tokenizer)
-            tokenizer = load_or_explain(
-                lambda: AutoTokenizer.from_pretrained(source, local_files_only=local_files_only),
-                scorer=cls.__name__, what="BERT tokenizer", source=source, hub_id=IMAGE_REWARD_TOKENIZER,
-                argument="tokenizer",
-            )
+        tokenizer = load_tokenizer(tokenizer, scorer=cls.__name__, what="BERT tokenizer",
+                                   hub_id=IMAGE_REWARD_TOKENIZER, argument="tokenizer",
+                                   local_files_only=local_files_only)
         model = ImageRewardModel.from_image_reward_state_dict(load_state_dict_file(path), configs)
         device = resolve_device(device)
         return cls(model, tokenizer, device=device, dtype=dtype or default_dtype(device), **kwargs)
