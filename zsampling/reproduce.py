@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 import typer
 
-from zsampling.atomic import atomic_write
+from zsampling.atomic import atomic_save_figure, atomic_write_csv
 from zsampling.presets import ModelPreset, available_hub_id, get_preset
 
 __all__ = ["PAPER_WIN_RATES", "ReproduceResult", "paper_spec", "reproduce", "score_sweep"]
@@ -203,7 +203,7 @@ def score_sweep(
                         values += [float(v) for v in scorer.score(batch, prompts).reshape(-1).tolist()]
             new = pd.DataFrame({"cell": cell, "sample_index": [r["sample_index"] for r in rows], name: values})
             done = pd.concat([done, new], ignore_index=True) if len(done) else new
-            atomic_write(path, lambda tmp, frame=done: frame.to_csv(tmp, index=False))
+            atomic_write_csv(path, done, index=False)
         done["cell"] = done["cell"].astype(str)
         done["sample_index"] = done["sample_index"].astype("int64")
         done[name] = done[name].astype("float64")
@@ -246,7 +246,7 @@ def _figure(win_rates: pd.DataFrame, preset: ModelPreset, path: Path) -> Path:
     for x, value in enumerate(overall["paper_win_rate"]):
         if pd.notna(value):
             ax.plot([x], [value], marker="x", color="black", markersize=7, linestyle="none")
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=150, format="png"))
+    atomic_save_figure(path, fig, dpi=150)
     return path
 
 
@@ -318,7 +318,7 @@ def reproduce(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     prompt_table = frame[list(_PROMPT_TABLE_COLUMNS)]
-    atomic_write(out / "prompts.csv", lambda tmp: prompt_table.to_csv(tmp, index=False))
+    atomic_write_csv(out / "prompts.csv", prompt_table, index=False)
     atomic_write_json(out / "reproduce.json", {
         "preset": chosen.to_dict(), "model": spec.model.name, "dtype": spec.model.dtype,
         "prompts": {"source": frame.attrs.get("source"), "format": frame.attrs.get("format"), "count": len(frame),
@@ -339,13 +339,13 @@ def reproduce(
         scores = score_sweep(out / SWEEP_DIR, out / SCORES_DIR, built, batch_size=score_batch_size,
                              progress=progress)
         results = results.merge(scores, on=["cell", "sample_index"], how="left")
-    atomic_write(out / "results.csv", lambda tmp: results.to_csv(tmp, index=False))
+    atomic_write_csv(out / "results.csv", results, index=False)
 
     win_rates = pd.DataFrame()
     figure = None
     if built:
         win_rates = _win_rates(results, list(built), frame.attrs.get("format"), chosen, seed, n_resamples)
-        atomic_write(out / "win_rates.csv", lambda tmp: win_rates.to_csv(tmp, index=False))
+        atomic_write_csv(out / "win_rates.csv", win_rates, index=False)
         figure = _figure(win_rates, chosen, out / "winning_rate.png")
     return ReproduceResult(out=out, prompts=frame, results=results, win_rates=win_rates, figure=figure,
                            sweep=sweep)
