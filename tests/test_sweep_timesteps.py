@@ -142,3 +142,26 @@ def test_analysis_keeps_schedules_apart(tmp_path):
     assert set(drawn["timesteps"]) == {"scheduler"} and len(drawn) == len(results) // 2
     ays_only = results[results["timesteps"] == "ays-sd15"]
     assert reference_settings(ays_only)["timesteps"] == "ays-sd15" and at_reference_schedule(ays_only) is ays_only
+
+
+def test_wandb_grid_covers_every_cell_through_the_labels(tmp_path):
+    """Every point of the W&B grid (knob values as `wandb agent` passes them: KEY=VALUE words) selects
+    exactly one cell, together every cell; optional knobs (legs, timesteps) are parameters too."""
+    import itertools
+
+    from zsampling.sweep.wandb_log import wandb_sweep_config
+
+    spec = make(num_inference_steps=[10], timesteps=[None, "ays-sd15"], **{"zig.guidance_scale": [None, 4.0]})
+    parameters = wandb_sweep_config(spec, tmp_path / "spec.yaml", tmp_path / "out")["parameters"]
+    assert parameters["timesteps"] == {"values": ["scheduler", "ays-sd15"]}
+    assert parameters["zig.guidance_scale"] == {"values": [None, 4.0]}
+    cells = expand_cells(spec)
+    chosen = []
+    for point in itertools.product(*(p["values"] for p in parameters.values())):
+        words = [f"{key}={value}" for key, value in zip(parameters, point, strict=True)]
+        matches = select_cells(spec, cells, parse_assignments(words))
+        assert len(matches) == 1, words
+        chosen += matches
+    assert sorted(c.hash for c in chosen) == sorted(c.hash for c in cells)
+    with pytest.raises(SpecError, match=r"--wandb-sweep: .* num_inference_steps \[6\] would pair lists"):
+        wandb_sweep_config(make(), tmp_path / "spec.yaml", tmp_path / "out")

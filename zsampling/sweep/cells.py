@@ -220,6 +220,8 @@ def _coerce(knob: str, raw: str) -> Any:
             return int(float(raw)) if float(raw).is_integer() else raw
         except ValueError:
             return raw
+    if knob in LEG_KNOBS and raw in ("None", "null"):
+        return None  # no override (what W&B writes for a null grid value)
     if knob in ("guidance_scale", "inversion_guidance_scale", *LEG_KNOBS):
         try:
             return float(raw)

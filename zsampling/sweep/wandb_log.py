@@ -30,7 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zsampling.sweep.spec import KNOBS, SweepSpec
+from zsampling.atomic import atomic_write_text
+from zsampling.config import SCHEDULE_KNOB, timesteps_label
+from zsampling.schedule import named_timesteps
+from zsampling.sweep.spec import SpecError, SweepSpec
 
 WANDB_MODES: tuple[str, ...] = ("online", "offline", "disabled")
 
@@ -115,8 +118,16 @@ def _plots(wandb: Any, results: Any, cells: Any) -> dict[str, Any]:
 
 def wandb_sweep_config(spec: SweepSpec, spec_path: str | Path, out: str | Path,
                        python: str | None = None) -> dict[str, Any]:
-    """A W&B grid sweep over the spec's knobs; each agent run executes one cell into ``out``."""
-    parameters = {knob: {"values": list(spec.grid[knob])} for knob in KNOBS}
+    """A W&B grid sweep over the spec's knobs (leg knobs and the timestep schedule included, the schedule
+    by its table label); each agent run executes one cell into ``out``."""
+    lists = [v for v in spec.grid.get(SCHEDULE_KNOB, ()) if v is not None]
+    steps = spec.grid["num_inference_steps"]
+    if any(len(named_timesteps(v) if isinstance(v, str) else v) != t for v in lists for t in steps):
+        raise SpecError("--wandb-sweep: W&B runs every combination of the knobs, but a grid.timesteps list fixes T to "
+                        f"its length, so num_inference_steps {list(steps)} would pair lists with a T they do not "
+                        "have; give num_inference_steps the lists' one length, or run the sweep without W&B's grid")
+    parameters = {knob: {"values": [timesteps_label(v) if knob == SCHEDULE_KNOB else v for v in spec.grid[knob]]}
+                  for knob in spec.knobs}
     return {
         "name": spec.name or f"zsampling-{spec.hash}",
         "description": "Z-Sampling sweep cells; every run writes its cell into the shared output directory",
@@ -133,7 +144,4 @@ def write_wandb_sweep_config(spec: SweepSpec, spec_path: str | Path, out: str | 
     """Write :func:`wandb_sweep_config` as YAML (for ``wandb sweep FILE``)."""
     import yaml
 
-    file = Path(file)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    file.write_text(yaml.safe_dump(wandb_sweep_config(spec, spec_path, out), sort_keys=False), encoding="utf-8")
-    return file
+    return atomic_write_text(file, yaml.safe_dump(wandb_sweep_config(spec, spec_path, out), sort_keys=False))
