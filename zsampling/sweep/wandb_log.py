@@ -104,6 +104,7 @@ def _plots(wandb: Any, results: Any, cells: Any) -> dict[str, Any]:
     table["series"] = [
         f"T={r.num_inference_steps} g1={r.guidance_scale:g} g2={r.inversion_guidance_scale:g} rounds={r.rounds} "
         f"{r.zag}" + (f"/{r.zag_eval_timestep}" if r.zag != "official" else "")
+        + (f" timesteps={getattr(r, SCHEDULE_KNOB)}" if SCHEDULE_KNOB in table.columns else "")
         for r in table.itertuples()
     ]
     charts = {}
