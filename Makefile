@@ -1,6 +1,6 @@
 # Two commands on a fresh machine with nothing but Python 3.10+:
 #   make demo   set up .venv and run the main job (`zsampling demo`)
-#   make test   set up .venv and run the whole test suite (what CI runs)
+#   make test   set up .venv, lint (ruff, pinned) and run the whole test suite (what CI runs)
 # torch is pinned to the CPU build first, so no dependency can pull a CUDA build.
 
 PYTHON ?= python3
@@ -23,4 +23,5 @@ demo: venv
 	HF_HUB_OFFLINE=1 $(BIN)/zsampling demo --out $(DEMO_OUT)
 
 test: venv
+	$(BIN)/ruff check .
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(BIN)/python -m pytest -q
