@@ -28,12 +28,16 @@ CONFIG = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_lin
 """SD's schedule with the trailing spacing few-step checkpoints use."""
 
 
-def final_variance(ab: torch.Tensor, final: float, timesteps: list[int], v: float, previous) -> float:
-    """Variance after deterministic DDIM with exact eps on N(0, v): x ends as (prod of step factors) * x_T."""
+def final_variance(ab: torch.Tensor, final: float, timesteps: list[int], v: float, rule: str) -> float:
+    """Variance after deterministic DDIM with exact eps on N(0, v): x ends as (prod of step factors) * x_T.
+    ``rule``: "listed" steps to the next listed timestep, "stride" to t - 1000 // T."""
     scale = 1.0
     for i, t in enumerate(timesteps):
         a = float(ab[t])
-        p = previous(i, t)
+        if rule == "stride":
+            p = t - 1000 // len(timesteps)
+        else:
+            p = timesteps[i + 1] if i + 1 < len(timesteps) else -1
         a_prev = float(ab[p]) if p >= 0 else final
         eps_gain = math.sqrt(1 - a) / (a * v + 1 - a)  # E[eps | x] = eps_gain * x
         x0_gain = (1 - math.sqrt(1 - a) * eps_gain) / math.sqrt(a)
@@ -55,9 +59,8 @@ def main() -> None:
             scheduler.set_timesteps(steps)
             timesteps = [int(t) for t in scheduler.timesteps]
             ab, final = scheduler.alphas_cumprod.double(), float(scheduler.final_alpha_cumprod)
-            listed = final_variance(ab, final, timesteps,
-                                    v, lambda i, t: timesteps[i + 1] if i + 1 < steps else -1)
-            stride = final_variance(ab, final, timesteps, v, lambda i, t: t - 1000 // steps)
+            listed = final_variance(ab, final, timesteps, v, "listed")
+            stride = final_variance(ab, final, timesteps, v, "stride")
             model = GaussianMixtureModel([1.0], [[0.0]], v, scheduler=scheduler, dtype=torch.float64)
             out = zsampling.sample(model, ["0"] * args.samples, num_inference_steps=steps, zigzag_steps=0,
                                    guidance_scale=1.0, output_type="latent", progress=False,
