@@ -74,7 +74,8 @@ from zsampling.demo_model import (  # noqa: E402
     WEIGHTS_FILE,
     lora_file,
 )
-from zsampling.denoisers.demo import ClassConditioner, build_scheduler, build_unet  # noqa: E402
+from zsampling.denoisers.demo import ClassConditioner  # noqa: E402
+from zsampling.denoisers.small_unet import build_scheduler, build_unet  # noqa: E402
 
 SCHEDULER_CONFIG: dict[str, Any] = {
     "num_train_timesteps": 1000,

@@ -45,8 +45,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from zsampling.denoisers.demo import build_scheduler, build_unet  # noqa: E402
 from zsampling.denoisers.pairs import PairsTextEncoder, add_position_channel  # noqa: E402
+from zsampling.denoisers.small_unet import build_scheduler, build_unet  # noqa: E402
 from zsampling.pairs_model import (  # noqa: E402
     BLANK,
     CONFIG_FILE,

@@ -376,14 +376,10 @@ class LoadedModel:
 
     def to_images(self, latents: torch.Tensor) -> torch.Tensor:
         """Metric inputs from latents without a VAE (demo and analytic only)."""
-        if self.kind == "demo":
-            from zsampling.denoisers.demo import latents_to_images
+        if self.kind in ("demo", "pairs"):
+            from zsampling.denoisers.small_unet import latents_to_images
 
             return latents_to_images(latents)
-        if self.kind == "pairs":
-            from zsampling.denoisers.pairs import latents_to_images as pairs_to_images
-
-            return pairs_to_images(latents)
         if self.kind == "analytic":
             return latents
         raise ValueError(f"per-step metrics need the demo or analytic model, not {self.spec.name!r}")
