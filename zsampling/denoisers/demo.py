@@ -54,7 +54,6 @@ from zsampling.denoisers.small_unet import (
     check_family,
     latents_to_images,
     load_frozen,
-    prompt_batch,
 )
 
 __all__ = [
@@ -117,6 +116,7 @@ class DemoPipeline(SmallUNetPipeline):
 
     latent_shape = LATENT_SHAPE
     size_note = "demo model (8x8 digits)"
+    prompt_kind = "digit"
 
     def __init__(self, unet: nn.Module, conditioner: ClassConditioner, scheduler: Any, config: dict[str, Any]) -> None:
         super().__init__(unet, conditioner, scheduler, config, family=config.get("family", "ddim"))
@@ -126,22 +126,9 @@ class DemoPipeline(SmallUNetPipeline):
         """Cross-attention states (B, tokens, dim) for class indices."""
         return self.encode(torch.tensor(classes, dtype=torch.long))
 
-    def prepare_zsampling(
-        self,
-        prompts: list[str],
-        negative_prompts: list[str] | None = None,
-        height: int | None = None,
-        width: int | None = None,
-    ) -> DemoTarget:
-        """Encode prompts (and negative prompts) into a ``SamplingTarget``.
-
-        Raises:
-            ValueError: unknown prompt (the message lists the valid ones),
-                mismatched negative prompt count, or height/width other than
-                None or 8.
-        """
-        self.check_size(height, width)
-        prompts, negative_prompts = prompt_batch(prompts, negative_prompts, "digit")
+    def encode_batch(self, prompts: list[str], negative_prompts: list[str | None]) -> DemoTarget:
+        """Target of digit prompts (ValueError for an unknown one, listing the valid ones); a negative prompt
+        of None or "" is the null class."""
         classes = prompts_to_classes(prompts)
         negatives = [negative_prompt_to_class(p) for p in negative_prompts]
         fields = self.target_fields(self.encode_classes(negatives), self.encode_classes(classes))

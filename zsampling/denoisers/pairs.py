@@ -39,7 +39,6 @@ from zsampling.denoisers.small_unet import (
     build_scheduler,
     latents_to_images,
     load_frozen,
-    prompt_batch,
 )
 from zsampling.pairs_model import (
     CONFIG_FILE,
@@ -140,6 +139,7 @@ class PairsPipeline(SmallUNetPipeline):
 
     latent_shape = LATENT_SHAPE
     size_note = "pairs model (8x16 images)"
+    prompt_kind = "pairs"
 
     def __init__(self, unet: nn.Module, text_encoder: PairsTextEncoder, scheduler: Any,
                  config: dict[str, Any]) -> None:
@@ -151,26 +151,13 @@ class PairsPipeline(SmallUNetPipeline):
         """Cross-attention states (B, 4, dim) of prompts (ValueError for a prompt outside the grammar)."""
         return self.encode(self.tokenizer(prompts)["input_ids"])
 
-    def prepare_zsampling(
-        self,
-        prompts: list[str],
-        negative_prompts: list[str] | None = None,
-        height: int | None = None,
-        width: int | None = None,
-    ) -> PairsTarget:
-        """Encode prompts (and negative prompts; None means "") into a ``SamplingTarget``.
-
-        Raises:
-            ValueError: a prompt outside the grammar (the message lists the
-                vocabulary and the grammar), a mismatched negative prompt
-                count, or height/width other than None or 8/16.
-        """
-        self.check_size(height, width)
-        prompts, negatives = prompt_batch(prompts, negative_prompts, "pairs")
+    def encode_batch(self, prompts: list[str], negative_prompts: list[str | None]) -> PairsTarget:
+        """Target of pairs prompts (ValueError for one outside the grammar, listing the vocabulary and the
+        grammar)."""
         cond = self.encode_prompts(prompts)
         position = add_position_channel if self.config.get("position_channel", False) else None
-        fields = self.target_fields(self.encode_prompts(negatives), cond, prepare_input=position)
-        return PairsTarget(**fields, prompts=prompts, negative_prompts=negatives)
+        fields = self.target_fields(self.encode_prompts(negative_prompts), cond, prepare_input=position)
+        return PairsTarget(**fields, prompts=prompts, negative_prompts=negative_prompts)
 
 
 def load_pairs_pipeline(

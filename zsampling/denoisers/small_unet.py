@@ -62,6 +62,7 @@ def decode_latents(latents: torch.Tensor, output_type: str) -> Any:
     return [Image.fromarray(p).resize(size, Image.NEAREST) for p in pixels]
 
 
+@dataclass(eq=False)
 class SmallUNetDenoiser:
     """``Denoiser`` over a small UNet with the encoder states of one prompt batch.
 
@@ -74,23 +75,16 @@ class SmallUNetDenoiser:
     input right before the call.
     """
 
-    def __init__(
-        self,
-        unet: nn.Module,
-        uncond_states: torch.Tensor,
-        cond_states: torch.Tensor,
-        latent_shape: tuple[int, ...],
-        family: str = "ddim",
-        prepare_input: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ) -> None:
-        check_family(family)
-        self.unet = unet
-        self.uncond_states = uncond_states
-        self.cond_states = cond_states
-        self.latent_shape = latent_shape
-        self.family = family
-        self.prepare_input = prepare_input
-        self.network_rows = 0
+    unet: nn.Module = field(repr=False)
+    uncond_states: torch.Tensor = field(repr=False)
+    cond_states: torch.Tensor = field(repr=False)
+    latent_shape: tuple[int, ...]
+    family: str = "ddim"
+    prepare_input: Callable[[torch.Tensor], torch.Tensor] | None = None
+    network_rows: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        check_family(self.family)
 
     @property
     def batch_size(self) -> int:
@@ -144,7 +138,7 @@ class SmallUNetTarget:
         return decode_latents(latents, output_type)
 
 
-def prompt_batch(prompts: str | list[str], negative_prompts: str | list[str] | None, kind: str) -> tuple[
+def _prompt_batch(prompts: str | list[str], negative_prompts: str | list[str] | None, kind: str) -> tuple[
         list[str], list[str | None]]:
     """Prompts as a non-empty list and one negative prompt per prompt (None means "" for every prompt).
 
@@ -168,16 +162,18 @@ _Pipeline = TypeVar("_Pipeline", bound="SmallUNetPipeline")
 
 
 class SmallUNetPipeline:
-    """Pipeline-like base of the small UNet worlds: ``device``, ``dtype``, ``to`` and target building.
+    """Pipeline-like base of the small UNet worlds: ``device``, ``dtype``, ``to``, ``prepare_zsampling``.
 
     A subclass names its encoder in its own attribute (``conditioner``,
     ``text_encoder``) and hands it here too, so that ``to`` moves it with the
-    UNet; ``latent_shape`` and ``size_note`` (for the height/width error)
-    describe its images.
+    UNet; it sets ``latent_shape``, ``size_note`` (the height/width error's
+    name of the model) and ``prompt_kind`` (the empty-prompt error's), and
+    encodes a checked prompt batch in ``encode_batch``.
     """
 
     latent_shape: tuple[int, int, int]
     size_note: str
+    prompt_kind: str
 
     def __init__(self, unet: nn.Module, encoder: nn.Module, scheduler: Any, config: dict[str, Any],
                  family: str = "ddim") -> None:
@@ -215,11 +211,29 @@ class SmallUNetPipeline:
         """Cross-attention states of the encoder's inputs (class indices or token ids), in the UNet's dtype."""
         return self._encoder(inputs.to(self.device)).to(self.dtype)
 
-    def check_size(self, height: int | None, width: int | None) -> None:
-        """Raise ValueError unless height and width are None or the latent's own."""
+    def prepare_zsampling(
+        self,
+        prompts: str | list[str],
+        negative_prompts: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+    ) -> SmallUNetTarget:
+        """Encode prompts (and negative prompts; None means "", the unconditional branch) into a
+        ``SamplingTarget`` (see ``encode_batch``).
+
+        Raises:
+            ValueError: a prompt the world does not know (the message lists
+                the valid ones), a mismatched negative prompt count, or
+                height/width other than None or the latent's own.
+        """
         for name, value, allowed in (("height", height, self.latent_shape[1]), ("width", width, self.latent_shape[2])):
             if value is not None and value != allowed:
                 raise ValueError(f"{name} must be None or {allowed} for the {self.size_note}, got {value!r}")
+        return self.encode_batch(*_prompt_batch(prompts, negative_prompts, self.prompt_kind))
+
+    def encode_batch(self, prompts: list[str], negative_prompts: list[str | None]) -> SmallUNetTarget:
+        """The world's target of a checked prompt batch: one negative prompt per prompt ("" or None: none)."""
+        raise NotImplementedError
 
     def target_fields(
         self,
