@@ -45,12 +45,8 @@ JSON summary and records it in TRAINING.md.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
-import os
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -59,9 +55,12 @@ from typing import Any
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+SCRIPTS = Path(__file__).resolve().parent
+REPO = SCRIPTS.parent
+# the package, and the shared _training module also when this file is loaded by its path (as the tests do)
+sys.path[:0] = [str(p) for p in (REPO, SCRIPTS) if str(p) not in sys.path]
+
+import _training as training  # noqa: E402
 
 from zsampling.demo_model import (  # noqa: E402
     CONFIG_FILE,
@@ -76,18 +75,6 @@ from zsampling.demo_model import (  # noqa: E402
 )
 from zsampling.denoisers.demo import ClassConditioner  # noqa: E402
 from zsampling.denoisers.small_unet import build_scheduler, build_unet  # noqa: E402
-
-SCHEDULER_CONFIG: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_schedule": "squaredcos_cap_v2",
-    "beta_start": 0.0001,
-    "beta_end": 0.02,
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-    "timestep_spacing": "leading",
-    "prediction_type": "epsilon",
-}
 
 FLOW_SCHEDULER_CONFIG: dict[str, Any] = {
     "num_train_timesteps": 1000,
@@ -194,37 +181,8 @@ def random_shift(x: torch.Tensor, prob: float, gen: torch.Generator) -> torch.Te
 
 def unet_config(channels: tuple[int, ...], cross_dim: int) -> dict[str, Any]:
     """UNet2DConditionModel config: 8x8, 1 channel, cross-attention at 4x4."""
-    return {
-        "sample_size": 8,
-        "in_channels": 1,
-        "out_channels": 1,
-        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
-        "mid_block_type": "UNetMidBlock2DCrossAttn",
-        "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
-        "block_out_channels": list(channels),
-        "layers_per_block": 1,
-        "cross_attention_dim": cross_dim,
-        "attention_head_dim": 8,
-        "norm_num_groups": 8,
-    }
-
-
-def lr_at(step: int, args: argparse.Namespace) -> float:
-    """Linear warm-up then cosine decay."""
-    if step < args.warmup:
-        return args.lr * (step + 1) / args.warmup
-    progress = (step - args.warmup) / max(1, args.steps - args.warmup)
-    return args.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-@torch.no_grad()
-def ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
-    """In-place exponential moving average of parameters and buffers."""
-    for name, value in model.state_dict().items():
-        if value.dtype.is_floating_point:
-            ema[name].mul_(decay).add_(value.detach(), alpha=1.0 - decay)
-        else:
-            ema[name].copy_(value)
+    return training.unet_config(8, 1, ["DownBlock2D", "CrossAttnDownBlock2D"], ["CrossAttnUpBlock2D", "UpBlock2D"],
+                                channels, cross_dim)
 
 
 def noisy_batch(
@@ -260,19 +218,12 @@ def eval_loss(
     family: str = "ddim",
 ) -> float:
     """Training loss (see ``noisy_batch``) on every image once with fixed (t, noise): a comparable final loss."""
-    gen = torch.Generator().manual_seed(seed + 12345)
-    x_t, t, target = noisy_batch(family, data, ab, gen)
-    total = 0.0
-    for s in range(0, data.shape[0], 512):
-        out = unet(x_t[s : s + 512], t[s : s + 512], encoder_hidden_states=cond(labels[s : s + 512])).sample
-        total += float(((out - target[s : s + 512]) ** 2).sum())
-    return total / target.numel()
+    x_t, t, target = noisy_batch(family, data, ab, torch.Generator().manual_seed(seed + 12345))
+    return training.fixed_set_loss(unet, cond, x_t, t, labels, target)
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Train the UNet + class embedding; write weights, config and the loss log."""
-    from safetensors.torch import save_file
-
     torch.manual_seed(args.seed)
     images, labels = load_data()
     data, targets = torch.from_numpy(images), torch.from_numpy(labels)
@@ -280,68 +231,27 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     ucfg = unet_config(channels, args.cross_dim)
     unet = build_unet(ucfg)
     cond = ClassConditioner(num_embeddings=NULL_CLASS + 1, num_tokens=args.tokens, dim=args.cross_dim)
-    scheduler_config = SCHEDULER_CONFIG if args.family == "ddim" else FLOW_SCHEDULER_CONFIG
+    scheduler_config = training.SCHEDULER_CONFIG if args.family == "ddim" else FLOW_SCHEDULER_CONFIG
     scheduler = build_scheduler(scheduler_config, family=args.family)
     ab = scheduler.alphas_cumprod.float() if args.family == "ddim" else None
-    params = list(unet.parameters()) + list(cond.parameters())
-    n_params = sum(p.numel() for p in params)
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
-    ema_u = {k: v.detach().clone() for k, v in unet.state_dict().items()}
-    ema_c = {k: v.detach().clone() for k, v in cond.state_dict().items()}
     gen = torch.Generator().manual_seed(args.seed)
-    log: list[tuple[int, float, float, float]] = []
-    running: list[float] = []
-    print(f"training {n_params:,} parameters for {args.steps} steps (batch {args.batch_size})", flush=True)
-    start = time.perf_counter()
-    for step in range(args.steps):
+
+    def draw() -> training.Batch:
         idx = torch.randint(0, data.shape[0], (args.batch_size,), generator=gen)
         x0 = random_shift(data[idx], args.shift_prob, gen)
         c = targets[idx].clone()
         c[torch.rand(args.batch_size, generator=gen) < args.cond_dropout] = NULL_CLASS
         x_t, t, target = noisy_batch(args.family, x0, ab, gen)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, args)
-        loss = torch.nn.functional.mse_loss(unet(x_t, t, encoder_hidden_states=cond(c)).sample, target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema_update(ema_u, unet, args.ema_decay)
-        ema_update(ema_c, cond, args.ema_decay)
-        running.append(float(loss.detach()))
-        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
-            mean = sum(running[-args.log_every :]) / len(running[-args.log_every :])
-            elapsed = time.perf_counter() - start
-            log.append((step + 1, mean, lr_at(step, args), elapsed))
-            print(f"step {step + 1:5d}  loss {mean:.4f}  lr {lr_at(step, args):.2e}  {elapsed:6.1f}s", flush=True)
-    train_seconds = time.perf_counter() - start
-    unet.load_state_dict(ema_u)
-    cond.load_state_dict(ema_c)
-    unet.eval()
-    cond.eval()
+        return x_t, t, c, target
+
+    run = training.train_with_ema(unet, cond, draw, args, weight_decay=args.weight_decay)
     final_eval = eval_loss(unet, cond, data, targets, ab, args.seed, args.family)
-    tail = running[-200:]
     out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    tensors = {f"unet.{k}": v.contiguous() for k, v in unet.state_dict().items()}
-    tensors.update({f"conditioner.{k}": v.contiguous() for k, v in cond.state_dict().items()})
-    save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "zsampling-demo-v1"})
+    training.save_weights(out / WEIGHTS_FILE, unet, cond, "conditioner", "zsampling-demo-v1")
     summary = {
-        "family": args.family,
-        "seed": args.seed,
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "warmup": args.warmup,
-        "weight_decay": args.weight_decay,
-        "ema_decay": args.ema_decay,
-        "cond_dropout": args.cond_dropout,
-        "shift_prob": args.shift_prob,
-        "threads": args.threads,
-        "parameters": n_params,
-        "train_seconds": round(train_seconds, 1),
-        "final_train_loss_last200": round(sum(tail) / len(tail), 5),
-        "final_eval_loss_ema": round(final_eval, 5),
+        **training.settings(args, "family", "seed", "steps", "batch_size", "lr", "warmup", "weight_decay",
+                            "ema_decay", "cond_dropout", "shift_prob", "threads"),
+        **run.summary(final_eval),
     }
     config: dict[str, Any] = {
         "format": "zsampling-demo-v1",
@@ -355,11 +265,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         config["parameterisation"] = "velocity v = eps - x0 under x_sigma = (1 - sigma) x0 + sigma eps"
         config["timestep_input"] = "1000 * sigma (float)"
     config.update({"unet": ucfg, "conditioner": cond.config(), "scheduler": scheduler_config, "training": summary})
-    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    with open(out / "training_log.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["step", "loss", "lr", "seconds"])
-        w.writerows([(s, f"{m:.5f}", f"{lr:.3e}", f"{e:.1f}") for s, m, lr, e in log])
+    training.write_json(out / CONFIG_FILE, config)
+    training.write_loss_log(out / "training_log.csv", run.log)
     return summary
 
 
@@ -770,10 +677,6 @@ def record_effect(out: Path, result: dict[str, Any], command: str) -> None:
 # --------------------------------------------------------------------------- report
 
 
-def file_size(path: Path) -> int:
-    return path.stat().st_size if path.exists() else 0
-
-
 def write_training_md(
     args: argparse.Namespace,
     command: str,
@@ -783,9 +686,6 @@ def write_training_md(
     metrics_command: str | None = None,
 ) -> None:
     """TRAINING.md: how the shipped files were made (``metrics_command``: a later metrics-only refit)."""
-    import diffusers
-    import sklearn
-
     out = args.out
     flow = args.family == "flow"
     if flow:
@@ -813,25 +713,17 @@ def write_training_md(
         "Generated by `scripts/train_demo_model.py`; do not edit by hand (re-run the command instead). The last "
         "section is added by `--evaluate`, which must be re-run after retraining.",
         "",
-        "## Command",
-        "",
-        "```",
-        command,
-        "```",
-        "",
-        *([f"Metric arrays refit afterwards with `{metrics_command}`.", ""] if metrics_command else []),
+        *training.command_block(command, metrics_command, "refit"),
         f"- seed: {train.get('seed', args.seed)}",
         f"- wall time: {total_seconds:.1f} s in total ({train.get('train_seconds', 0.0):.1f} s of UNet training), "
-        f"{train.get('threads', args.threads)} CPU thread(s) on `{platform.processor() or platform.machine()}` "
-        f"({os.cpu_count()} cores, shared with other jobs)",
+        f"{training.machine(train.get('threads', args.threads))}",
         f"- final loss: {train.get('final_eval_loss_ema', float('nan')):.4f} (EMA weights, {loss_text} over all "
         f"1797 images, fixed t and noise); last-200-step training loss "
         f"{train.get('final_train_loss_last200', float('nan')):.4f}",
         f"- parameters: {train.get('parameters', 0):,} (UNet + class embedding); "
-        f"`{WEIGHTS_FILE}` {file_size(out / WEIGHTS_FILE) / 1e6:.2f} MB, `{METRICS_FILE}` "
-        f"{file_size(metrics_file) / 1e6:.2f} MB" + (" (shared: `zsampling/demo_model`)" if flow else ""),
-        f"- versions: python {platform.python_version()}, torch {torch.__version__}, diffusers "
-        f"{diffusers.__version__}, scikit-learn {sklearn.__version__}",
+        f"`{WEIGHTS_FILE}` {training.file_size(out / WEIGHTS_FILE) / 1e6:.2f} MB, `{METRICS_FILE}` "
+        f"{training.file_size(metrics_file) / 1e6:.2f} MB" + (" (shared: `zsampling/demo_model`)" if flow else ""),
+        training.versions(),
         "",
         "## Model and training",
         "",
@@ -842,10 +734,7 @@ def write_training_md(
         schedule,
         "- optimiser: AdamW, linear warm-up then cosine decay, grad-norm clip 1.0; EMA weights are shipped",
         "",
-        "```json",
-        json.dumps(train, indent=2),
-        "```",
-        "",
+        *training.json_block(train),
         "## Metrics arrays",
         "",
         *(
@@ -853,10 +742,7 @@ def write_training_md(
             if flow
             else []
         ),
-        "```json",
-        json.dumps(metrics, indent=2),
-        "```",
-        "",
+        *training.json_block(metrics),
     ]
     (out / "TRAINING.md").write_text("\n".join(lines))
 
@@ -864,7 +750,7 @@ def write_training_md(
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    command = training.command_line(argv)
     if args.lora is not None:
         if args.family != "ddim":
             raise SystemExit("--lora trains a LoRA of the DDIM digits model: use it with --family ddim")
@@ -897,9 +783,7 @@ def main(argv: list[str] | None = None) -> None:
         total = float(train_summary.get("total_seconds", total))
     else:
         train_summary["total_seconds"] = round(total, 1)
-        cfg = json.loads((args.out / CONFIG_FILE).read_text())
-        cfg["training"] = train_summary
-        (args.out / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
+        training.record_summary(args.out / CONFIG_FILE, train_summary)
     metrics_command = command if args.metrics_only else None
     write_training_md(
         args, train_summary.get("command", command), train_summary, metrics_summary, total, metrics_command

@@ -27,12 +27,7 @@ TRAINING.md) without retraining.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import math
-import os
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -41,9 +36,12 @@ from typing import Any
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+SCRIPTS = Path(__file__).resolve().parent
+REPO = SCRIPTS.parent
+# the package, and the shared _training module also when this file is loaded by its path (as the tests do)
+sys.path[:0] = [str(p) for p in (REPO, SCRIPTS) if str(p) not in sys.path]
+
+import _training as training  # noqa: E402
 
 from zsampling.denoisers.pairs import PairsTextEncoder, add_position_channel  # noqa: E402
 from zsampling.denoisers.small_unet import build_scheduler, build_unet  # noqa: E402
@@ -58,19 +56,6 @@ from zsampling.pairs_model import (  # noqa: E402
     WIDTH,
     tokenize,
 )
-
-SCHEDULER_CONFIG: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_schedule": "squaredcos_cap_v2",
-    "beta_start": 0.0001,
-    "beta_end": 0.02,
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-    "timestep_spacing": "leading",
-    "prediction_type": "epsilon",
-}
-"""The digits demo model's DDIMScheduler config (epsilon prediction, clip_sample False)."""
 
 FORMS: tuple[tuple[str, float], ...] = (
     ("left", 0.28),
@@ -180,37 +165,8 @@ def unet_config(channels: tuple[int, ...], cross_dim: int, position_channel: boo
     (as the digits model) and optionally at 8x16."""
     first_down = "CrossAttnDownBlock2D" if full_res_attention else "DownBlock2D"
     last_up = "CrossAttnUpBlock2D" if full_res_attention else "UpBlock2D"
-    return {
-        "sample_size": [HEIGHT, WIDTH],
-        "in_channels": 2 if position_channel else 1,
-        "out_channels": 1,
-        "down_block_types": [first_down, "CrossAttnDownBlock2D"],
-        "mid_block_type": "UNetMidBlock2DCrossAttn",
-        "up_block_types": ["CrossAttnUpBlock2D", last_up],
-        "block_out_channels": list(channels),
-        "layers_per_block": 1,
-        "cross_attention_dim": cross_dim,
-        "attention_head_dim": 8,
-        "norm_num_groups": 8,
-    }
-
-
-def lr_at(step: int, args: argparse.Namespace) -> float:
-    """Linear warm-up then cosine decay."""
-    if step < args.warmup:
-        return args.lr * (step + 1) / args.warmup
-    progress = (step - args.warmup) / max(1, args.steps - args.warmup)
-    return args.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-@torch.no_grad()
-def ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
-    """In-place exponential moving average of parameters and buffers."""
-    for name, value in model.state_dict().items():
-        if value.dtype.is_floating_point:
-            ema[name].mul_(decay).add_(value.detach(), alpha=1.0 - decay)
-        else:
-            ema[name].copy_(value)
+    return training.unet_config([HEIGHT, WIDTH], 2 if position_channel else 1, [first_down, "CrossAttnDownBlock2D"],
+                                ["CrossAttnUpBlock2D", last_up], channels, cross_dim)
 
 
 @torch.no_grad()
@@ -222,17 +178,11 @@ def eval_loss(unet: torch.nn.Module, enc: torch.nn.Module, x0: torch.Tensor, ids
     noise = torch.randn(x0.shape, generator=gen)
     a = ab[t].view(-1, 1, 1, 1)
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-    total = 0.0
-    for s in range(0, x0.shape[0], 512):
-        e = unet(pos(x_t[s : s + 512]), t[s : s + 512], encoder_hidden_states=enc(ids[s : s + 512])).sample
-        total += float(((e - noise[s : s + 512]) ** 2).sum())
-    return total / noise.numel()
+    return training.fixed_set_loss(unet, enc, pos(x_t), t, ids, noise)
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Train UNet + text encoder jointly; write weights, config and the loss log."""
-    from safetensors.torch import save_file
-
     torch.manual_seed(args.seed)
     images, labels = load_digits_data()
     sampler = PairSampler(images, labels, args.seed)
@@ -242,66 +192,26 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     pos = add_position_channel if args.position_channel else (lambda x: x)
     unet = build_unet(ucfg)
     enc = PairsTextEncoder(dim=args.dim, layers=args.layers)
-    ab = build_scheduler(SCHEDULER_CONFIG).alphas_cumprod.float()
-    params = list(unet.parameters()) + list(enc.parameters())
-    n_params = sum(p.numel() for p in params)
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-    ema_u = {k: v.detach().clone() for k, v in unet.state_dict().items()}
-    ema_e = {k: v.detach().clone() for k, v in enc.state_dict().items()}
+    ab = build_scheduler(training.SCHEDULER_CONFIG).alphas_cumprod.float()
     gen = torch.Generator().manual_seed(args.seed)
-    log: list[tuple[int, float, float, float]] = []
-    running: list[float] = []
-    print(f"training {n_params:,} parameters for {args.steps} steps (batch {args.batch_size})", flush=True)
-    start = time.perf_counter()
-    for step in range(args.steps):
+
+    def draw() -> training.Batch:
         x0, ids = sampler.draw(args.batch_size, args.prompt_dropout)
         t = torch.randint(0, ab.shape[0], (args.batch_size,), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
         a = ab[t].view(-1, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, args)
-        loss = torch.nn.functional.mse_loss(unet(pos(x_t), t, encoder_hidden_states=enc(ids)).sample, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema_update(ema_u, unet, args.ema_decay)
-        ema_update(ema_e, enc, args.ema_decay)
-        running.append(float(loss.detach()))
-        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
-            mean = sum(running[-args.log_every :]) / len(running[-args.log_every :])
-            elapsed = time.perf_counter() - start
-            log.append((step + 1, mean, lr_at(step, args), elapsed))
-            print(f"step {step + 1:5d}  loss {mean:.4f}  lr {lr_at(step, args):.2e}  {elapsed:6.1f}s", flush=True)
-    train_seconds = time.perf_counter() - start
-    unet.load_state_dict(ema_u)
-    enc.load_state_dict(ema_e)
-    unet.eval()
-    enc.eval()
+        return pos(a.sqrt() * x0 + (1 - a).sqrt() * noise), t, ids, noise
+
+    run = training.train_with_ema(unet, enc, draw, args)
     final_eval = eval_loss(unet, enc, eval_x, eval_ids, ab, args.seed, pos)
-    tail = running[-200:]
     out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    tensors = {f"unet.{k}": v.contiguous() for k, v in unet.state_dict().items()}
-    tensors.update({f"text_encoder.{k}": v.contiguous() for k, v in enc.state_dict().items()})
-    save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "zsampling-pairs-v1"})
+    training.save_weights(out / WEIGHTS_FILE, unet, enc, "text_encoder", "zsampling-pairs-v1")
     summary = {
-        "seed": args.seed,
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "warmup": args.warmup,
-        "ema_decay": args.ema_decay,
-        "prompt_dropout": args.prompt_dropout,
-        "position_channel": args.position_channel,
-        "full_res_attention": args.full_res_attention,
+        **training.settings(args, "seed", "steps", "batch_size", "lr", "warmup", "ema_decay", "prompt_dropout",
+                            "position_channel", "full_res_attention"),
         "forms": dict(FORMS),
         "threads": args.threads,
-        "parameters": n_params,
-        "train_seconds": round(train_seconds, 1),
-        "final_train_loss_last200": round(sum(tail) / len(tail), 5),
-        "final_eval_loss_ema": round(final_eval, 5),
+        **run.summary(final_eval),
     }
     config = {
         "format": "zsampling-pairs-v1",
@@ -312,14 +222,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "position_channel": args.position_channel,
         "unet": ucfg,
         "text_encoder": enc.config(),
-        "scheduler": SCHEDULER_CONFIG,
+        "scheduler": training.SCHEDULER_CONFIG,
         "training": summary,
     }
-    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    with open(out / "training_log.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["step", "loss", "lr", "seconds"])
-        w.writerows([(s, f"{m:.5f}", f"{lr:.3e}", f"{e:.1f}") for s, m, lr, e in log])
+    training.write_json(out / CONFIG_FILE, config)
+    training.write_loss_log(out / "training_log.csv", run.log)
     return summary
 
 
@@ -384,40 +291,26 @@ def fit_metrics(out: Path, seed: int, hidden: int = 128, blanks: int = 300) -> d
     }
 
 
-def file_size(path: Path) -> int:
-    return path.stat().st_size if path.exists() else 0
-
-
 def write_training_md(args: argparse.Namespace, command: str, train_summary: dict[str, Any],
                       metrics: dict[str, Any], total_seconds: float, metrics_command: str | None) -> None:
     """TRAINING.md: how the shipped files were made (``metrics_command``: a later metrics-only refit)."""
-    import diffusers
-    import sklearn
-
     out = args.out
     lines = [
         "# Pairs model: how it was trained",
         "",
         "Generated by `scripts/train_pairs_model.py`; do not edit by hand (re-run the command instead).",
         "",
-        "## Command",
-        "",
-        "```",
-        command,
-        "```",
-        "",
-        *([f"Metric arrays fit afterwards with `{metrics_command}`.", ""] if metrics_command else []),
+        *training.command_block(command, metrics_command, "fit"),
         f"- seed: {train_summary.get('seed', args.seed)}",
         f"- wall time: {total_seconds:.1f} s in total ({train_summary.get('train_seconds', 0.0):.1f} s of "
-        f"training), {train_summary.get('threads', args.threads)} CPU thread(s) on "
-        f"`{platform.processor() or platform.machine()}` ({os.cpu_count()} cores, shared with other jobs)",
+        f"training), {training.machine(train_summary.get('threads', args.threads))}",
         f"- final loss: {train_summary.get('final_eval_loss_ema', float('nan')):.4f} (EMA weights, DDPM epsilon MSE "
         f"on 2048 fixed synthetic pairs, fixed t and noise); last-200-step training loss "
         f"{train_summary.get('final_train_loss_last200', float('nan')):.4f}",
         f"- parameters: {train_summary.get('parameters', 0):,} (UNet + text encoder); `{WEIGHTS_FILE}` "
-        f"{file_size(out / WEIGHTS_FILE) / 1e6:.2f} MB, `{METRICS_FILE}` {file_size(out / METRICS_FILE) / 1e6:.2f} MB",
-        f"- versions: python {platform.python_version()}, torch {torch.__version__}, diffusers "
-        f"{diffusers.__version__}, scikit-learn {sklearn.__version__}",
+        f"{training.file_size(out / WEIGHTS_FILE) / 1e6:.2f} MB, `{METRICS_FILE}` "
+        f"{training.file_size(out / METRICS_FILE) / 1e6:.2f} MB",
+        training.versions(),
         "",
         "## Model and training",
         "",
@@ -431,16 +324,10 @@ def write_training_md(args: argparse.Namespace, command: str, train_summary: dic
         "- schedule: `DDIMScheduler` config in `config.json` -> `scheduler` (the digits model's; clip_sample False)",
         "- optimiser: AdamW, linear warm-up then cosine decay, grad-norm clip 1.0; EMA weights are shipped",
         "",
-        "```json",
-        json.dumps(train_summary, indent=2),
-        "```",
-        "",
+        *training.json_block(train_summary),
         "## Metric arrays",
         "",
-        "```json",
-        json.dumps(metrics, indent=2),
-        "```",
-        "",
+        *training.json_block(metrics),
     ]
     (out / "TRAINING.md").write_text("\n".join(lines))
 
@@ -448,7 +335,7 @@ def write_training_md(args: argparse.Namespace, command: str, train_summary: dic
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    command = training.command_line(argv)
     start = time.perf_counter()
     if args.metrics_only:
         train_summary = json.loads((args.out / CONFIG_FILE).read_text())["training"]
@@ -456,9 +343,7 @@ def main(argv: list[str] | None = None) -> None:
         train_summary = train(args)
         train_summary["command"] = command
         train_summary["total_seconds"] = round(time.perf_counter() - start, 1)
-        cfg = json.loads((args.out / CONFIG_FILE).read_text())
-        cfg["training"] = train_summary
-        (args.out / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
+        training.record_summary(args.out / CONFIG_FILE, train_summary)
     metrics_summary = fit_metrics(args.out, args.seed)
     write_training_md(args, train_summary["command"], train_summary, metrics_summary,
                       float(train_summary["total_seconds"]), command if args.metrics_only else None)
