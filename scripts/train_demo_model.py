@@ -49,6 +49,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,7 @@ from zsampling.demo_model import (  # noqa: E402
     WEIGHTS_FILE,
     lora_file,
 )
+from zsampling.denoisers.base import Branches  # noqa: E402
 from zsampling.denoisers.demo import ClassConditioner  # noqa: E402
 from zsampling.denoisers.small_unet import build_scheduler, build_unet  # noqa: E402
 
@@ -444,6 +446,10 @@ def fit_metrics(out: Path, seed: int, n_components: int = 16, c_reg: float = 0.1
 # --------------------------------------------------------------------------- effect check
 
 
+Guided = Callable[[torch.Tensor, float, float], torch.Tensor]
+"""Guided network output ``f(z, t, g)`` of one prompt batch (eps, or v for a flow model)."""
+
+
 def _ddim(x: torch.Tensor, e: torch.Tensor, a_from: float, a_to: float) -> torch.Tensor:
     return math.sqrt(a_to) * (x - math.sqrt(1 - a_from) * e) / math.sqrt(a_from) + math.sqrt(1 - a_to) * e
 
@@ -457,27 +463,30 @@ def reference_sample(
     g2: float = 0.0,
     window: int = 0,
 ) -> torch.Tensor:
-    """Standard (window 0) or Z-Sampling with the "official" zag, one round; images in [0, 1].
+    """Standard (window 0) or Z-Sampling, one round, by a self-contained reference loop; images in [0, 1].
 
-    A self-contained reference loop following docs/design.md, used to check the
-    shipped model; the toolkit's sampler is ``zsampling.sample``.
+    Follows docs/design.md, to check the shipped models independently of the
+    toolkit's sampler (``zsampling.sample``): the "official" zag for a DDIM
+    model (``_ddim_loop``), the "euler" zag evaluated at the next sigma for a
+    flow-matching one (``_flow_loop``).
     """
-    from zsampling.denoisers.base import Branches
+    target = pipe.prepare_zsampling([str(c) for c in classes], None, None, None)
+    target.scheduler.set_timesteps(steps)
+    x = torch.randn((len(classes), *target.latent_shape), generator=torch.Generator().manual_seed(seed))
 
-    prompts = [str(c) for c in classes]
-    target = pipe.prepare_zsampling(prompts, None, None, None)
-    sch = target.scheduler
-    sch.set_timesteps(steps)
+    def guided(z: torch.Tensor, t: float, g: float) -> torch.Tensor:
+        return target.denoiser(z, t, Branches.for_guidance(g)).guided(g)
+
+    loop = _flow_loop if pipe.family == "flow" else _ddim_loop
+    return target.decode(loop(target.scheduler, x, guided, g1, g2, window), "pt")
+
+
+def _ddim_loop(sch: Any, x: torch.Tensor, eps: Guided, g1: float, g2: float, window: int) -> torch.Tensor:
+    """DDIM (eta 0) steps with the "official" zag in the first ``window`` steps."""
     ts = [int(t) for t in sch.timesteps]
     ab = sch.alphas_cumprod.double()
     final = float(sch.final_alpha_cumprod)
-    k = sch.config.num_train_timesteps // steps
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn((len(classes), 1, 8, 8), generator=gen)
-
-    def eps(z: torch.Tensor, t: int, g: float) -> torch.Tensor:
-        return target.denoiser(z, t, Branches.for_guidance(g)).guided(g)
-
+    k = sch.config.num_train_timesteps // sch.num_inference_steps
     for i, t in enumerate(ts):
         a_t = float(ab[t])
         a_next = float(ab[ts[i + 1]]) if i + 1 < len(ts) else final
@@ -488,47 +497,26 @@ def reference_sample(
             a_from = float(ab[j]) if j >= 0 else (1.0 if sch.config.set_alpha_to_one else float(ab[0]))
             x = _ddim(y, eps(y, t, g2), a_from, a_next)
         x = _ddim(x, eps(x, t, g1), a_t, a_next)
-    return target.decode(x, "pt")
+    return x
 
 
-def reference_sample_flow(
-    pipe: Any,
-    classes: list[int],
-    seed: int,
-    steps: int,
-    g1: float,
-    g2: float = 0.0,
-    window: int = 0,
-) -> torch.Tensor:
-    """Standard (window 0) or Z-Sampling with the "euler" zag (evaluated at sigma_{i+1}),
-    one round, on a flow-matching demo model; images in [0, 1].
+def _flow_loop(sch: Any, x: torch.Tensor, vel: Guided, g1: float, g2: float, window: int) -> torch.Tensor:
+    """Euler steps of a flow-matching model with the "euler" zag in the first ``window`` steps.
 
     Zig ``y = x + (s_{i+1} - s_i) v_g1(x, s_i)``, zag ``x' = y - (s_{i+1} - s_i)
     v_g2(y, s_{i+1})`` (docs/design.md, "Moves"), then the ordinary Euler step;
-    initial latents N(0, I), sigmas and timesteps from the scheduler.
+    sigmas and timesteps from the scheduler.
     """
-    from zsampling.denoisers.base import Branches
-
-    prompts = [str(c) for c in classes]
-    target = pipe.prepare_zsampling(prompts, None, None, None)
-    sch = target.scheduler
-    sch.set_timesteps(steps)
     sigmas = [float(s) for s in sch.sigmas]
     ts = [float(t) for t in sch.timesteps]
     scale = float(sch.config.num_train_timesteps)
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn((len(classes), 1, 8, 8), generator=gen)
-
-    def vel(z: torch.Tensor, t: float, g: float) -> torch.Tensor:
-        return target.denoiser(z, t, Branches.for_guidance(g)).guided(g)
-
     for i, t in enumerate(ts):
         h = sigmas[i + 1] - sigmas[i]
         if i < window:
             y = x + h * vel(x, t, g1)
             x = y - h * vel(y, sigmas[i + 1] * scale, g2)
         x = x + h * vel(x, t, g1)
-    return target.decode(x, "pt")
+    return x
 
 
 def bootstrap_ci(wins: np.ndarray, seed: int = 0, n: int = 10000) -> tuple[float, float]:
@@ -547,8 +535,7 @@ def sample_images(
 ) -> torch.Tensor:
     """Images in [0, 1] from ``zsampling.sample`` or, with ``--eval-sampler reference``, the reference loop."""
     if args.eval_sampler == "reference":
-        ref = reference_sample_flow if pipe.family == "flow" else reference_sample
-        return ref(pipe, classes, args.seed, args.eval_steps, args.eval_g1, g2, window)
+        return reference_sample(pipe, classes, args.seed, args.eval_steps, args.eval_g1, g2, window)
     import zsampling
 
     out = zsampling.sample(
