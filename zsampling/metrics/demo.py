@@ -25,28 +25,18 @@ fit by ``scripts/train_demo_model.py`` (no pickle, no scikit-learn at run time).
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from zsampling.demo_model import DEMO_MODEL_DIR, METRICS_FILE, NUM_CLASSES, prompts_to_classes
-
-_RANGE_TOL = 1e-4
-
-
-@lru_cache(maxsize=4)
-def _load_arrays(directory: str) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
-
-    return load_file(str(Path(directory) / METRICS_FILE))
+from zsampling.metrics.offline import load_arrays, unit_images
 
 
 def load_metric_arrays(model_dir: str | Path | None = None) -> dict[str, np.ndarray]:
     """The stored metric arrays (cached per directory); see the module docstring."""
-    directory = Path(model_dir) if model_dir is not None else DEMO_MODEL_DIR
-    return _load_arrays(str(directory.resolve()))
+    return load_arrays((Path(model_dir) if model_dir is not None else DEMO_MODEL_DIR) / METRICS_FILE)
 
 
 def images_to_pixels(images: torch.Tensor) -> np.ndarray:
@@ -55,17 +45,8 @@ def images_to_pixels(images: torch.Tensor) -> np.ndarray:
     Raises:
         ValueError: wrong shape or values outside [0, 1].
     """
-    if not isinstance(images, torch.Tensor):
-        raise ValueError(f"images must be a torch.Tensor (B, 1, 8, 8) in [0, 1], got {type(images).__name__}")
-    if images.ndim != 4 or tuple(images.shape[1:]) != (1, 8, 8):
-        raise ValueError(f"images must have shape (B, 1, 8, 8), got {tuple(images.shape)}")
-    x = images.detach().to("cpu", torch.float64).reshape(images.shape[0], 64).numpy()
-    if x.size and (x.min() < -_RANGE_TOL or x.max() > 1.0 + _RANGE_TOL):
-        raise ValueError(
-            f"images must be in [0, 1] (decode with output_type='pt'; map [-1, 1] latents by (x + 1) / 2), "
-            f"got range [{x.min():.3f}, {x.max():.3f}]"
-        )
-    return np.clip(x, 0.0, 1.0)
+    x = unit_images(images, (1, 8, 8), "decode with output_type='pt'; map [-1, 1] latents by (x + 1) / 2")
+    return x.reshape(x.shape[0], 64)
 
 
 def _check_prompts(images: torch.Tensor, prompts: list[str] | None) -> np.ndarray:

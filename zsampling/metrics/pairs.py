@@ -29,30 +29,21 @@ Per sample, against the parsed prompt (``zsampling.pairs_model.parse_prompt``):
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from zsampling.metrics.offline import load_arrays, unit_images
 from zsampling.pairs_model import ANY, BLANK, METRICS_FILE, PAIRS_MODEL_DIR, SLOT_SIZE, PairPrompt, parse_prompt
 
-_RANGE_TOL = 1e-4
 SLOT_LABELS = BLANK + 1
 """Digits 0-9 and ``BLANK`` (10)."""
 
 
-@lru_cache(maxsize=4)
-def _load_arrays(directory: str) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
-
-    return load_file(str(Path(directory) / METRICS_FILE))
-
-
 def load_metric_arrays(model_dir: str | Path | None = None) -> dict[str, np.ndarray]:
     """The stored metric arrays (cached per directory); see the module docstring."""
-    directory = Path(model_dir) if model_dir is not None else PAIRS_MODEL_DIR
-    return _load_arrays(str(directory.resolve()))
+    return load_arrays((Path(model_dir) if model_dir is not None else PAIRS_MODEL_DIR) / METRICS_FILE)
 
 
 def images_to_slots(images: torch.Tensor) -> np.ndarray:
@@ -61,16 +52,10 @@ def images_to_slots(images: torch.Tensor) -> np.ndarray:
     Raises:
         ValueError: wrong type, shape or values outside [0, 1].
     """
-    if not isinstance(images, torch.Tensor):
-        raise ValueError(f"images must be a torch.Tensor (B, 1, 8, 16) in [0, 1], got {type(images).__name__}")
-    if images.ndim != 4 or tuple(images.shape[1:]) != (1, SLOT_SIZE, 2 * SLOT_SIZE):
-        raise ValueError(f"images must have shape (B, 1, 8, 16), got {tuple(images.shape)}")
-    x = images.detach().to("cpu", torch.float64).numpy()[:, 0]
-    if x.size and (x.min() < -_RANGE_TOL or x.max() > 1.0 + _RANGE_TOL):
-        raise ValueError(f"images must be in [0, 1] (decode(latents, 'pt')), got range [{x.min():.3g}, {x.max():.3g}]")
+    x = unit_images(images, (1, SLOT_SIZE, 2 * SLOT_SIZE), "decode(latents, 'pt')")[:, 0]
     left = x[:, :, :SLOT_SIZE].reshape(x.shape[0], -1)
     right = x[:, :, SLOT_SIZE:].reshape(x.shape[0], -1)
-    return np.clip(np.stack([left, right], axis=1), 0.0, 1.0)
+    return np.stack([left, right], axis=1)
 
 
 def classify_slot_pixels(pixels: np.ndarray, model_dir: str | Path | None = None) -> np.ndarray:
