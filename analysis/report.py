@@ -280,6 +280,17 @@ def _reference_traces(run: RunData) -> tuple[pd.DataFrame, dict[str, str]]:
     return refs, dict(zip(refs["operator"], refs["zigzag_cell"], strict=True))
 
 
+def _reference_pair(run: RunData) -> tuple[pd.Series, dict[str, Any]]:
+    """The first reference Z-Sampling cell and its traces: "zigzag (operator)", and "standard" (same T and
+    g1, same x_T) first when that cell was traced too."""
+    ref = _reference_traces(run)[0].iloc[0]
+    traces = {}
+    if ref["standard_cell"] is not None and ref["standard_cell"] in run.trace_files:
+        traces["standard"] = run.trace(ref["standard_cell"])
+    traces[f"zigzag ({ref['operator']})"] = run.trace(ref["zigzag_cell"])
+    return ref, traces
+
+
 def semantic_gain_data(run: RunData, seed: int = SEED, n_resamples: int = N_RESAMPLES) -> pd.DataFrame:
     """Per-step gain decomposition and cumulative schedules of each operator's reference cell."""
     refs, cells = _reference_traces(run)
@@ -315,12 +326,7 @@ def _build_semantic_gain(run: RunData, opts: dict[str, Any]) -> tuple[pd.DataFra
 
 def trajectory_data(run: RunData, max_samples: int = 3) -> tuple[pd.DataFrame, tuple[str, str]]:
     """Segments of the reference Z-Sampling path (and the standard path, same x_T) in 2-D."""
-    refs, cells = _reference_traces(run)
-    ref = refs.iloc[0]
-    traces = {}
-    if ref["standard_cell"] is not None and ref["standard_cell"] in run.trace_files:
-        traces["standard"] = run.trace(ref["standard_cell"])
-    traces[f"zigzag ({ref['operator']})"] = run.trace(ref["zigzag_cell"])
+    ref, traces = _reference_pair(run)
     if any("latents" not in t.tensor_names for t in traces.values()):
         traces = {k: v for k, v in traces.items() if "latents" in v.tensor_names}
         if not any(k != "standard" for k in traces):
@@ -347,12 +353,7 @@ def _build_trajectory(run: RunData, opts: dict[str, Any]) -> tuple[pd.DataFrame,
 
 def x0_grid_data(run: RunData, max_samples: int = 2, max_points: int = 64) -> pd.DataFrame:
     """Predicted x0 per step of the reference Z-Sampling cell (and standard, when traced)."""
-    refs, cells = _reference_traces(run)
-    ref = refs.iloc[0]
-    traces = {}
-    if ref["standard_cell"] is not None and ref["standard_cell"] in run.trace_files:
-        traces["standard"] = run.trace(ref["standard_cell"])
-    traces[f"zigzag ({ref['operator']})"] = run.trace(ref["zigzag_cell"])
+    ref, traces = _reference_pair(run)
     usable = {k: t for k, t in traces.items() if t.decoded_steps}
     if not usable:
         usable = {k: t for k, t in traces.items() if "x0" in t.tensor_names}

@@ -11,9 +11,10 @@ import pytest
 import torch
 from diffusers.schedulers.scheduling_utils import AysSchedules
 from safetensors.torch import load_file
+from test_sweep_runner import sample_inputs
 
 import zsampling
-from zsampling.sweep import SpecError, expand_cells, initial_noise, parse_spec, run_sweep, sweep_samples
+from zsampling.sweep import SpecError, expand_cells, parse_spec, run_sweep
 from zsampling.sweep.cells import parse_assignments, select_cells
 from zsampling.sweep.models import build_analytic
 
@@ -62,10 +63,7 @@ def test_each_cell_equals_sample_with_its_timesteps_and_shares_its_prefix(tmp_pa
     shared = run_sweep(spec, tmp_path / "shared", progress=False)
     alone = run_sweep(spec, tmp_path / "alone", progress=False, share_prefix=False)
     assert shared.network_rows_spent < alone.network_rows_spent
-    model = build_analytic({}, torch.float32, "cpu")
-    samples = sweep_samples(spec)
-    noise = initial_noise(samples, model.latent_shape)
-    prompts = [s.prompt for s in samples]
+    model, prompts, noise = sample_inputs(spec)
     for cell in expand_cells(spec):
         a = load_file(tmp_path / "shared" / "images" / f"{cell.hash}.safetensors")["images"]
         b = load_file(tmp_path / "alone" / "images" / f"{cell.hash}.safetensors")["images"]
