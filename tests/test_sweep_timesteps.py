@@ -163,3 +163,13 @@ def test_wandb_grid_covers_every_cell_through_the_labels(tmp_path):
     assert sorted(c.hash for c in chosen) == sorted(c.hash for c in cells)
     with pytest.raises(SpecError, match=r"--wandb-sweep: .* num_inference_steps \[6\] would pair lists"):
         wandb_sweep_config(make(), tmp_path / "spec.yaml", tmp_path / "out")
+
+
+def test_the_shipped_example_spec_parses():
+    from pathlib import Path
+
+    from zsampling.sweep import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "configs" / "examples" / "timesteps-digits.yaml")
+    assert [(c.schedule, c.num_inference_steps, c.zigzag_steps) for c in expand_cells(spec)] == [
+        (None, 10, 0), ("ays-sd15", 10, 0), (None, 10, 9), ("ays-sd15", 10, 9)]
