@@ -12,7 +12,8 @@ from typing import Annotated
 import typer
 
 _ASSIGN_HELP = ("KEY=VALUE knob values selecting the cells to run (any knob of the grid; what `wandb agent` "
-                "passes with ${args_no_hyphens}). Same as --cell.")
+                "passes with ${args_no_hyphens}; timesteps by its table label: scheduler, a name or t0,t1,...). "
+                "Same as --cell.")
 
 
 def sweep(
@@ -23,8 +24,9 @@ def sweep(
                                              show_default=False)] = None,
     extend: Annotated[bool, typer.Option("--extend", help="Accept a changed spec: run its new cells, keep the old.")
                       ] = False,
-    cell: Annotated[list[str] | None, typer.Option("--cell", help="KEY=VALUE: run only matching cells (repeat).",
-                                                   show_default=False)] = None,
+    cell: Annotated[list[str] | None, typer.Option(
+        "--cell", help="KEY=VALUE: run only matching cells (repeat; timesteps=scheduler|NAME|t0,t1,...).",
+        show_default=False)] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Samples per network call (overrides spec).",
                                                    show_default=False)] = None,
     device: Annotated[str | None, typer.Option("--device", help="Device (overrides model.device).",
