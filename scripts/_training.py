@@ -178,6 +178,15 @@ def save_weights(path: Path, unet: torch.nn.Module, encoder: torch.nn.Module, en
     save_file(tensors, str(path), metadata={"format": fmt})
 
 
+def save_metric_arrays(path: Path, arrays: dict[str, Any], fmt: str) -> None:
+    """The metric arrays (classifier, PCA, data) as safetensors. safetensors writes raw buffers, so
+    Fortran-ordered arrays (scikit-learn's ``coef_``, ``components_``) are made C-contiguous first."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path), metadata={"format": fmt})
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """``data`` as indented JSON with a final newline (config.json)."""
     path.write_text(json.dumps(data, indent=2) + "\n")

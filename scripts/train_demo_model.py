@@ -397,7 +397,6 @@ def record_lora(out: Path, summary: dict[str, Any], command: str) -> None:
 
 def fit_metrics(out: Path, seed: int, n_components: int = 16, c_reg: float = 0.1) -> dict[str, Any]:
     """Fit classifier (standardiser + logistic regression) and PCA; save plain arrays."""
-    from safetensors.numpy import save_file
     from sklearn.datasets import load_digits
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
@@ -430,9 +429,7 @@ def fit_metrics(out: Path, seed: int, n_components: int = 16, c_reg: float = 0.1
         "data_labels": y,
         "classifier_test_indices": np.sort(test_idx).astype(np.int64),
     }
-    # safetensors writes raw buffers: Fortran-ordered arrays (coef_, components_) must be made C-contiguous.
-    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-    save_file(arrays, str(out / METRICS_FILE), metadata={"format": "zsampling-demo-metrics-v1"})
+    training.save_metric_arrays(out / METRICS_FILE, arrays, "zsampling-demo-metrics-v1")
     return {
         "classifier": f"StandardScaler + LogisticRegression(C={c_reg}, lbfgs), fit on 75% stratified split "
         f"(random_state={seed}) of pixels/16",

@@ -236,7 +236,6 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 def fit_metrics(out: Path, seed: int, hidden: int = 128, blanks: int = 300) -> dict[str, Any]:
     """Fit the per-slot classifier (StandardScaler + one-hidden-layer MLP over 10 digits + blank) and
     save it, the digits (uint8, for nearest-neighbour distances) and the held-out indices as plain arrays."""
-    from safetensors.numpy import save_file
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
     from sklearn.neural_network import MLPClassifier
@@ -280,8 +279,7 @@ def fit_metrics(out: Path, seed: int, hidden: int = 128, blanks: int = 300) -> d
         "data_labels": y,
         "classifier_test_indices": np.sort(test_idx).astype(np.int64),
     }
-    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-    save_file(arrays, str(out / METRICS_FILE), metadata={"format": "zsampling-pairs-metrics-v1"})
+    training.save_metric_arrays(out / METRICS_FILE, arrays, "zsampling-pairs-metrics-v1")
     return {
         "classifier": f"StandardScaler + MLPClassifier(({hidden},), relu, alpha=1e-2) over 10 digits + blank, fit on "
         f"a 75% stratified split (random_state={seed}) of pixels/16 plus {blanks} noisy blank slots",
