@@ -716,10 +716,10 @@ class FlowGaussianMixtureModel(GaussianMixtureModel):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ) -> FlowGaussianMixtureModel:
-        """The mixture of :meth:`GaussianMixtureModel.default` under the flow interpolant."""
-        base = GaussianMixtureModel.default(d, num_components, radius=radius, std=std, weights=weights, dtype=dtype,
-                                            device=device)
-        return cls(base.weights, base.means, base.covariances, scheduler=scheduler, dtype=dtype, device=device)
+        """The mixture of :meth:`GaussianMixtureModel.default` under the flow interpolant (this override
+        only narrows the scheduler and return types; the parent builds ``cls``)."""
+        return super().default(d, num_components, radius=radius, std=std, weights=weights,  # type: ignore[return-value]
+                               scheduler=scheduler, dtype=dtype, device=device)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         return f"FlowGaussianMixtureModel(d={self.dim}, K={self.num_components}, dtype={self.dtype})"
