@@ -105,13 +105,12 @@ class Cell:
         """The custom timestep list of this cell (a name resolved), or None."""
         return named_timesteps(self.schedule) if isinstance(self.schedule, str) else self.schedule
 
-    def settings(self, schedules: bool = False) -> dict[str, Any]:
-        """The settings columns of the results tables: leg knobs only where set, ``timesteps`` (its
-        :func:`~zsampling.config.timesteps_label`) when the cell has a list or ``schedules`` is True
-        (the grid varies the schedule)."""
+    def settings(self) -> dict[str, Any]:
+        """The settings columns of the results tables: leg knobs and ``timesteps`` (its
+        :func:`~zsampling.config.timesteps_label`) only where set; the tables fill the rest in."""
         settings = {"cell": self.hash, "model": self.model, "method": self.method, **self.knobs(),
                     **self.leg_knobs()}
-        if schedules or self.schedule is not None:
+        if self.schedule is not None:
             settings[SCHEDULE_KNOB] = timesteps_label(self.schedule)
         return settings
 

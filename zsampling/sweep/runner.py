@@ -56,7 +56,6 @@ from typing import Any
 import torch
 
 from zsampling.api import initial_latents, route_legs, target_schedule
-from zsampling.config import SCHEDULE_KNOB
 from zsampling.devices import resolve_device, torch_dtype
 from zsampling.provenance import package_versions
 from zsampling.sampler import Event, expected_network_rows, guidance_mode, zigzag_sample
@@ -673,7 +672,7 @@ class _Executor:
         alone_total = 0
         for k, cell in enumerate(unit.cells):
             files: dict[str, str | None] = {"trace": None, "images": None}
-            sweep_meta = {"cell": cell.hash, "settings": cell.settings(SCHEDULE_KNOB in self.spec.grid),
+            sweep_meta = {"cell": cell.hash, "settings": cell.settings(),
                           "spec_hash": self.spec.hash,
                           "prompt_index": [s.prompt_index for s in self.samples],
                           "seeds": [s.seed for s in self.samples],
@@ -697,7 +696,7 @@ class _Executor:
             rows = [{**row, "nfe": nfe, "wall_time_s": per_sample} for row in state.rows]
             res.write_record(self.context.out, {
                 "cell": cell.hash,
-                "settings": cell.settings(SCHEDULE_KNOB in self.spec.grid),
+                "settings": cell.settings(),
                 "order": [self.context.generation, cell.index],
                 "spec_hash": self.spec.hash,
                 "session": self.context.session,
