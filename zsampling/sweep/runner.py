@@ -189,9 +189,10 @@ def run_sweep(
     stats = _run_phase(executor, procs, cells, done, share_prefix)
     derived: list[Cell] = []
     if spec.matched_baselines:
-        pairs = derive_matched(spec, out, cells, res.read_records(out))
+        records = res.read_records(out)  # every grid cell is on disk now (each process waited for all)
+        pairs = derive_matched(spec, out, cells, records)
         derived = [cell for cell, _ in pairs]
-        stats += _run_phase(executor, procs, derived, res.read_records(out), share_prefix,
+        stats += _run_phase(executor, procs, derived, records, share_prefix,
                             matched={cell.hash: info for cell, info in pairs})
     result = SweepResult(out=out, cells_total=stats.total, cells_run=stats.cells, cells_skipped=stats.skipped,
                          network_rows_spent=stats.spent, network_rows_alone=stats.alone,
