@@ -23,7 +23,7 @@ from zsampling.denoisers.base import SamplingTarget
 from zsampling.denoisers.legs import LegRouter, LoraScales, denoising_network
 from zsampling.legs import Legs
 from zsampling.sampler import Recorder, zigzag_sample
-from zsampling.schedule import DDIMSchedule, FlowSchedule, build_schedule, check_run, named_timesteps
+from zsampling.schedule import DDIMSchedule, FlowSchedule, build_schedule, check_run, resolve_timesteps
 
 OUTPUT_TYPES: tuple[str, ...] = ("pil", "np", "pt", "latent")
 
@@ -166,12 +166,11 @@ def resolve_config(
         guidance_scale = getattr(pipe_or_target, "default_guidance", None)
         if guidance_scale is None:
             guidance_scale = _pipeline_default_guidance(pipe_or_target)
-    if isinstance(timesteps, str):
-        timesteps = named_timesteps(timesteps)
+    timesteps = resolve_timesteps(timesteps)
     if num_inference_steps is None:
         num_inference_steps = DEFAULT_STEPS if timesteps is None else len(timesteps)
     config = ZigzagConfig(
-        num_inference_steps=num_inference_steps, timesteps=None if timesteps is None else tuple(timesteps),
+        num_inference_steps=num_inference_steps, timesteps=timesteps,
         guidance_scale=guidance_scale, zag=zag if zag is not None else DEFAULT_ZAG[family],
         legs=legs if legs is not None else Legs(), **settings,
     )

@@ -127,7 +127,7 @@ class ZigzagConfig:
 
 
 NAMED_TIMESTEPS: dict[str, str] = {"ays-sd15": "StableDiffusionTimesteps", "ays-sdxl": "StableDiffusionXLTimesteps"}
-"""Timestep lists zsampling accepts by name (:func:`zsampling.schedule.named_timesteps`): the
+"""Timestep lists zsampling accepts by name (:func:`zsampling.schedule.resolve_timesteps`): the
 Align-Your-Steps schedules (Sabour et al. 2024) for SD 1.5 and SDXL, 10 steps each, read from diffusers'
 ``AysSchedules`` (the value is the entry's name there)."""
 

@@ -36,6 +36,7 @@ with s = t_{i+1} ("next") or t_i ("current") for the exact operators.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -487,18 +488,22 @@ class FlowSchedule(_ScheduleChecks):
         }
 
 
-def named_timesteps(name: str) -> tuple[int, ...]:
-    """The timestep list of a :data:`NAMED_TIMESTEPS` name.
+def resolve_timesteps(schedule: str | Sequence[int] | None) -> tuple[int, ...] | None:
+    """A timestep schedule as its list: None stays None (the scheduler's own spacing), a
+    :data:`NAMED_TIMESTEPS` name is looked up in diffusers' ``AysSchedules``, a list passes as a tuple
+    (:class:`ZigzagConfig` validates it).
 
     Raises:
         ValueError: an unknown name, listing the known ones.
     """
+    if not isinstance(schedule, str):
+        return None if schedule is None else tuple(schedule)
     from diffusers.schedulers.scheduling_utils import AysSchedules
 
-    if name not in NAMED_TIMESTEPS:
-        raise ValueError(f"unknown timestep schedule {name!r}; named schedules: {', '.join(NAMED_TIMESTEPS)} "
+    if schedule not in NAMED_TIMESTEPS:
+        raise ValueError(f"unknown timestep schedule {schedule!r}; named schedules: {', '.join(NAMED_TIMESTEPS)} "
                          "(or pass a list of integers)")
-    return tuple(int(t) for t in AysSchedules[NAMED_TIMESTEPS[name]])
+    return tuple(int(t) for t in AysSchedules[NAMED_TIMESTEPS[schedule]])
 
 
 def build_schedule(

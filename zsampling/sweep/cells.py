@@ -45,7 +45,7 @@ from zsampling.config import (
     timesteps_label,
 )
 from zsampling.legs import Legs
-from zsampling.schedule import named_timesteps
+from zsampling.schedule import resolve_timesteps
 from zsampling.sweep.spec import KNOBS, SpecError, SweepSpec, check_knob, stable_hash
 
 CELL_SCHEMA = "zsampling.sweep.cell/1"
@@ -103,7 +103,7 @@ class Cell:
     @property
     def timesteps(self) -> tuple[int, ...] | None:
         """The custom timestep list of this cell (a name resolved), or None."""
-        return named_timesteps(self.schedule) if isinstance(self.schedule, str) else self.schedule
+        return resolve_timesteps(self.schedule)
 
     def settings(self) -> dict[str, Any]:
         """The settings columns of the results tables: leg knobs and ``timesteps`` (its
@@ -177,7 +177,7 @@ def expand_cells(spec: SweepSpec) -> list[Cell]:
         legs = legs_from_knobs({knob: point[knob] for knob in names if knob in LEG_KNOBS})
         schedule = point.get(SCHEDULE_KNOB)
         if schedule is not None:
-            knobs["num_inference_steps"] = len(named_timesteps(schedule) if isinstance(schedule, str) else schedule)
+            knobs["num_inference_steps"] = len(resolve_timesteps(schedule))
         if knobs["zigzag_steps"] == "full":
             knobs["zigzag_steps"] = knobs["num_inference_steps"] - 1
         digest = cell_hash(spec, knobs, legs, schedule)

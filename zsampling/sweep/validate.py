@@ -21,7 +21,7 @@ from typing import Any
 from zsampling.config import KNOB_DEFAULTS, KNOBS, OPTIONAL_KNOBS, SCHEDULE_KNOB
 from zsampling.devices import DTYPE_NAMES, torch_dtype
 from zsampling.prompts import SHIPPED_PROMPTS, PromptFileError, load_prompts
-from zsampling.schedule import named_timesteps
+from zsampling.schedule import resolve_timesteps
 from zsampling.sweep import models
 from zsampling.sweep.cells import expand_cells
 from zsampling.sweep.matched import check_matched_spec
@@ -371,7 +371,7 @@ def _parse_grid(value: Any) -> dict[str, tuple[Any, ...]]:
 def _check_schedules(grid: Mapping[str, tuple[Any, ...]], matched: bool) -> list[tuple[int, ...]]:
     """The grid's custom timestep lists (names resolved), refusing what they cannot run with: the
     "official" zag (its stride is undefined on a list) and matched baselines (which raise T)."""
-    schedules = [named_timesteps(v) if isinstance(v, str) else v for v in grid.get(SCHEDULE_KNOB, ()) if v is not None]
+    schedules = [resolve_timesteps(v) for v in grid.get(SCHEDULE_KNOB, ()) if v is not None]
     if not schedules:
         return []
     if "official" in grid["zag"] and any(lam != 0 for lam in grid["zigzag_steps"]):

@@ -32,7 +32,7 @@ from typing import Any
 
 from zsampling.atomic import atomic_write_text
 from zsampling.config import SCHEDULE_KNOB, timesteps_label
-from zsampling.schedule import named_timesteps
+from zsampling.schedule import resolve_timesteps
 from zsampling.sweep.spec import SpecError, SweepSpec
 
 WANDB_MODES: tuple[str, ...] = ("online", "offline", "disabled")
@@ -123,7 +123,7 @@ def wandb_sweep_config(spec: SweepSpec, spec_path: str | Path, out: str | Path,
     by its table label); each agent run executes one cell into ``out``."""
     lists = [v for v in spec.grid.get(SCHEDULE_KNOB, ()) if v is not None]
     steps = spec.grid["num_inference_steps"]
-    if any(len(named_timesteps(v) if isinstance(v, str) else v) != t for v in lists for t in steps):
+    if any(len(resolve_timesteps(v)) != t for v in lists for t in steps):
         raise SpecError("--wandb-sweep: W&B runs every combination of the knobs, but a grid.timesteps list fixes T to "
                         f"its length, so num_inference_steps {list(steps)} would pair lists with a T they do not "
                         "have; give num_inference_steps the lists' one length, or run the sweep without W&B's grid")
