@@ -184,23 +184,23 @@ def build_tables(records: Iterable[Mapping[str, Any]]) -> tuple[pd.DataFrame, pd
     ordered = _ordered(records)
     sample_metrics = _names(ordered, "sample_metrics")
     set_metrics = _names(ordered, "set_metrics")
-    legs = [knob for knob in OPTIONAL_KNOBS if any(knob in record["settings"] for record in ordered)]
+    optional = [knob for knob in OPTIONAL_KNOBS if any(knob in record["settings"] for record in ordered)]
     result_rows, cell_rows = [], []
     for record in ordered:
         settings = record["settings"]
-        leg_values = {knob: settings.get(knob, _UNSET.get(knob, float("nan"))) for knob in legs}
+        optional_values = {knob: settings.get(knob, _UNSET.get(knob, float("nan"))) for knob in optional}
         for row in sorted(record["rows"], key=lambda r: r["sample_index"]):
             values = {column: row[column] if column in row else settings.get(column) for column in RESULT_COLUMNS}
-            values.update(leg_values)
+            values.update(optional_values)
             values.update({name: row.get(name, float("nan")) for name in sample_metrics})
             result_rows.append(values)
         cell = {column: settings[column] for column in SETTINGS_COLUMNS}
-        cell.update(leg_values)
+        cell.update(optional_values)
         cell.update(n_samples=record["n_samples"], nfe=record["nfe"], wall_time_s=record["wall_time_s"])
         cell.update({name: record["set_metric_values"].get(name, float("nan")) for name in set_metrics})
         cell_rows.append(cell)
-    results = pd.DataFrame(result_rows, columns=[*RESULT_COLUMNS, *legs, *sample_metrics])
-    cells = pd.DataFrame(cell_rows, columns=[*SETTINGS_COLUMNS, *legs, *CELL_COLUMNS[len(SETTINGS_COLUMNS):],
+    results = pd.DataFrame(result_rows, columns=[*RESULT_COLUMNS, *optional, *sample_metrics])
+    cells = pd.DataFrame(cell_rows, columns=[*SETTINGS_COLUMNS, *optional, *CELL_COLUMNS[len(SETTINGS_COLUMNS):],
                                              *set_metrics])
     return _typed(results, sample_metrics), _typed(cells, set_metrics)
 
